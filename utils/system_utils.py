@@ -1,0 +1,45 @@
+"""Filesystem and CLI helpers: atomic writes, one-line errors at the CLI boundary."""
+import contextlib
+import os
+import sys
+import tempfile
+
+from utils.errors import ThreeDSRError
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Open a temp file beside `path`; rename it onto `path` only if the block succeeds.
+
+    A crash or an exception leaves any previous `path` untouched and no partial file behind.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def mkdir_p(path):
+    os.makedirs(path, exist_ok=True)
+
+
+def run_cli(main, argv=None):
+    """Run `main(argv)`; turn a ThreeDSRError into one line on stderr and exit code 2."""
+    try:
+        return main(argv)
+    except ThreeDSRError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
