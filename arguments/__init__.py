@@ -1,0 +1,149 @@
+"""Argument groups whose fields *are* the CLI flags (3DGS convention), and `cfg_args`.
+
+Every model folder holds `cfg_args`: the repr of an argparse Namespace, as 3DGS and Mip-Splatting
+write it, so later commands (render.py, sr_refine.py) need only `-m`. We read it back with literal
+parsing (ast), never eval, so a model folder from elsewhere cannot run code.
+"""
+import ast
+import os
+import sys
+from argparse import ArgumentParser, Namespace
+
+from utils.errors import ModelNotFoundError
+from utils.system_utils import atomic_write
+
+
+class ParamGroup:
+    """Fields of a subclass become flags; a leading underscore adds a one-letter short flag."""
+
+    def __init__(self, parser: ArgumentParser, name: str, fill_none=False):
+        # fill_none (3DGS's "sentinel"): unset flags parse as None, so saved cfg_args can fill them.
+        group = parser.add_argument_group(name)
+        self._defaults = {k.lstrip("_"): v for k, v in vars(self).items()}
+        for key, value in list(vars(self).items()):
+            if key == "_defaults":
+                continue
+            shorthand = key.startswith("_")
+            key = key.lstrip("_")
+            flags = [f"--{key}"] + ([f"-{key[0]}"] if shorthand else [])
+            default = None if fill_none else value
+            if isinstance(value, bool):
+                group.add_argument(*flags, default=default, action="store_true")
+            elif isinstance(value, (list, tuple)):
+                group.add_argument(*flags, default=default, nargs="+", type=type(value[0]) if value else int)
+            else:
+                group.add_argument(*flags, default=default, type=type(value) if value is not None else str)
+
+    def extract(self, args) -> Namespace:
+        """This group's values from `args`; missing or None (flag not given) -> the default."""
+        out = Namespace()
+        for k, default in self._defaults.items():
+            value = getattr(args, k, None)
+            setattr(out, k, default if value is None else value)
+        return out
+
+
+class ModelParams(ParamGroup):
+    def __init__(self, parser, sentinel=False):
+        self.sh_degree = 3
+        self._source_path = ""
+        self._model_path = ""
+        self._images = "images"
+        self._resolution = -1
+        self._white_background = False
+        self.data_device = "cpu"
+        self.eval = False
+        self.llffhold = 8
+        self.kernel_size = 0.1  # Mip-Splatting 2D filter variance (pixels^2)
+        super().__init__(parser, "Loading Parameters", sentinel)
+
+    def extract(self, args):
+        out = super().extract(args)
+        if out.source_path:
+            out.source_path = os.path.abspath(out.source_path)
+        return out
+
+
+class PipelineParams(ParamGroup):
+    def __init__(self, parser, sentinel=False):
+        self.backend = "auto"
+        self.debug = False
+        super().__init__(parser, "Pipeline Parameters", sentinel)
+
+
+class OptimizationParams(ParamGroup):
+    """3DGS defaults (Kerbl et al. 2023); the opacity lr is Mip-Splatting's 0.05."""
+
+    def __init__(self, parser):
+        self.iterations = 30_000
+        self.position_lr_init = 0.00016
+        self.position_lr_final = 0.0000016
+        self.position_lr_delay_mult = 0.01
+        self.position_lr_max_steps = 30_000
+        self.feature_lr = 0.0025
+        self.opacity_lr = 0.05
+        self.scaling_lr = 0.005
+        self.rotation_lr = 0.001
+        self.percent_dense = 0.01
+        self.lambda_dssim = 0.2
+        self.densification_interval = 100
+        self.opacity_reset_interval = 3000
+        self.densify_from_iter = 500
+        self.densify_until_iter = 15_000
+        self.densify_grad_threshold = 0.0002
+        self.min_opacity = 0.005
+        self.max_screen_size = 20
+        self.sh_increase_interval = 1000
+        self.filter_update_interval = 100  # recompute the 3D filter this often (Mip-Splatting)
+        self.random_background = False
+        super().__init__(parser, "Optimization Parameters")
+
+
+def parse_cfg_args(text: str) -> Namespace:
+    """Parse `Namespace(a=1, b='x', ...)` with ast literals only."""
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as exc:
+        raise ValueError(f"not a Namespace repr ({exc.msg})") from None
+    if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Namespace" and not node.args):
+        raise ValueError("not a Namespace(...) repr")
+    values = {}
+    for kw in node.keywords:
+        try:
+            values[kw.arg] = ast.literal_eval(kw.value)
+        except ValueError:
+            raise ValueError(f"value of '{kw.arg}' is not a literal") from None
+    return Namespace(**values)
+
+
+def read_cfg_args(model_path: str) -> Namespace:
+    path = os.path.join(model_path, "cfg_args")
+    if not os.path.isfile(path):
+        raise ModelNotFoundError(f"no cfg_args in {model_path}; pass the folder written by train.py (-m OUT)")
+    with open(path) as f:
+        text = f.read()
+    try:
+        return parse_cfg_args(text)
+    except ValueError as exc:
+        raise ModelNotFoundError(f"{path} is unreadable: {exc}; re-run train.py or fix the file") from None
+
+
+def write_cfg_args(model_path: str, args: Namespace):
+    with atomic_write(os.path.join(model_path, "cfg_args"), "w") as f:
+        f.write(repr(Namespace(**vars(args))))
+
+
+def get_combined_args(parser: ArgumentParser, argv=None) -> Namespace:
+    """Command-line flags override the model's saved cfg_args (3DGS behaviour)."""
+    argv = sys.argv[1:] if argv is None else argv
+    cmd = parser.parse_args(argv)
+    if not cmd.model_path:
+        raise ModelNotFoundError("no model folder given; pass -m OUT (the folder train.py wrote)")
+    if not os.path.isdir(cmd.model_path):
+        raise ModelNotFoundError(f"model folder {cmd.model_path} does not exist; train one with "
+                                 f"python train.py -s SCENE -m {cmd.model_path}")
+    merged = vars(read_cfg_args(cmd.model_path)).copy()
+    for key, value in vars(cmd).items():
+        if value is not None:  # groups built with sentinel=True leave unset flags as None
+            merged[key] = value
+    return Namespace(**merged)

@@ -1,0 +1,152 @@
+"""Reference rasterizer in pure PyTorch: tiled, depth-sorted, front-to-back alpha compositing.
+
+It is the specification of the renderer: every fast backend is tested against it (images and
+gradients). Differentiable by autograd. Memory is bounded by compositing tiles in chunks of
+similar length, each under activation checkpointing.
+"""
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from gaussian_renderer.projection import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, project_gaussians, tile_ranges
+
+CHUNK_ELEMENTS = 1 << 21  # tiles x gaussians x pixels evaluated at once
+
+
+def bin_gaussians(means2d, radii, depths, width, height, tile=TILE):
+    """Sort (tile, Gaussian) pairs by tile then depth.
+
+    Returns gauss_ids [P] (sorted), tile_start [T], tile_count [T], tiles_x, tiles_y.
+    """
+    x0, x1, y0, y1, tiles_x, tiles_y = tile_ranges(means2d, radii, width, height, tile)
+    w, h = (x1 - x0).clamp_min(0), (y1 - y0).clamp_min(0)
+    counts = w * h
+    n_tiles = tiles_x * tiles_y
+    ids = torch.nonzero(counts > 0).squeeze(1)
+    if ids.numel() == 0:
+        z = torch.zeros(n_tiles, dtype=torch.int64)
+        return torch.zeros(0, dtype=torch.int64), z, z, tiles_x, tiles_y
+    counts_v = counts[ids]
+    total = int(counts_v.sum())
+    g = torch.repeat_interleave(ids, counts_v)
+    first = torch.repeat_interleave(torch.cumsum(counts_v, 0) - counts_v, counts_v)
+    local = torch.arange(total, dtype=torch.int64) - first
+    tile_x = x0[g] + local % w[g]
+    tile_y = y0[g] + local // w[g]
+    tile_id = tile_y * tiles_x + tile_x
+    # depth rank: stable ordering by depth, ties by index
+    order = torch.argsort(depths.detach(), stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())
+    key = tile_id * means2d.shape[0] + rank[g]
+    sort = torch.argsort(key)
+    g_sorted = g[sort]
+    tile_count = torch.bincount(tile_id, minlength=n_tiles)
+    tile_start = torch.cumsum(tile_count, 0) - tile_count
+    return g_sorted, tile_start, tile_count, tiles_x, tiles_y
+
+
+def _composite_chunk(pix, mean, conic, opac, color, depth, valid, background):
+    """Composite one chunk of tiles.
+
+    pix [T, P, 2] pixel centres; mean [T, K, 2], conic [T, K, 3], opac [T, K], color [T, K, 3],
+    depth [T, K], valid [T, K] bool (padding mask), background [3].
+    Returns color [T, P, 3], depth [T, P], alpha [T, P].
+    """
+    d = mean[:, :, None, :] - pix[:, None, :, :]  # [T, K, P, 2]
+    dx, dy = d[..., 0], d[..., 1]
+    a, b, c = conic[..., 0, None], conic[..., 1, None], conic[..., 2, None]
+    power = -0.5 * (a * dx * dx + c * dy * dy) - b * dx * dy
+    alpha = torch.clamp(opac[..., None] * torch.exp(power), max=ALPHA_MAX)
+    with torch.no_grad():
+        use = valid[..., None] & (power <= 0) & (alpha >= ALPHA_MIN)
+    alpha = torch.where(use, alpha, torch.zeros_like(alpha))
+    with torch.no_grad():
+        # A Gaussian is composited only while the transmittance *after* it stays >= T_MIN;
+        # transmittance only falls, so this keeps a prefix of each pixel's list (3DGS's early stop).
+        keep = torch.cumprod(1.0 - alpha, dim=1) >= T_MIN
+    alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+    trans_incl = torch.cumprod(1.0 - alpha, dim=1)
+    trans_excl = torch.cat([torch.ones_like(trans_incl[:, :1]), trans_incl[:, :-1]], dim=1)
+    weight = alpha * trans_excl  # [T, K, P]
+    rgb = torch.einsum("tkp,tkc->tpc", weight, color)
+    dep = torch.einsum("tkp,tk->tp", weight, depth)
+    final_t = trans_incl[:, -1]  # [T, P]
+    rgb = rgb + final_t[..., None] * background
+    return rgb, dep, 1.0 - final_t
+
+
+def rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height, background,
+              kernel_size=0.1, means2d_offset=None):
+    """Render one view.
+
+    Args: means [N, 3], quats [N, 4], scales [N, 3], opacities [N], colors [N, 3] (per-Gaussian RGB),
+        viewmat [4, 4] world-to-camera, K [3, 3], background [3].
+        means2d_offset [N, 2] or None: a zero tensor added to the projected means so that its .grad
+        is dL/d(means2d) in pixels (used by densification).
+    Returns dict: image [3, H, W], depth [1, H, W] (alpha-weighted camera z), alpha [1, H, W],
+        radii [N], means2d [N, 2].
+    """
+    proj = project_gaussians(means, quats, scales, opacities, viewmat, K, width, height, kernel_size)
+    means2d = proj["means2d"]
+    if means2d_offset is not None:
+        means2d = means2d + means2d_offset
+    radii = proj["radii"]
+    gids, tile_start, tile_count, tiles_x, tiles_y = bin_gaussians(means2d, radii, proj["depths"], width, height)
+    n_tiles = tiles_x * tiles_y
+    dtype = means.dtype
+
+    # Pixel centres of every tile, [n_tiles, TILE*TILE, 2].
+    ty, tx = torch.meshgrid(torch.arange(tiles_y), torch.arange(tiles_x), indexing="ij")
+    py, px = torch.meshgrid(torch.arange(TILE), torch.arange(TILE), indexing="ij")
+    pix_x = (tx.reshape(-1, 1) * TILE + px.reshape(1, -1)).to(dtype) + 0.5
+    pix_y = (ty.reshape(-1, 1) * TILE + py.reshape(1, -1)).to(dtype) + 0.5
+    pix = torch.stack([pix_x, pix_y], dim=-1)
+
+    n_pix = TILE * TILE
+    out_rgb = [None] * n_tiles
+    background = background.to(dtype)
+    # Tiles sorted by length so each chunk pads to a similar K.
+    order = torch.argsort(tile_count, descending=True)
+    counts_sorted = tile_count[order].tolist()
+    pieces, tile_order = [], []
+    i = 0
+    empty_tiles = []
+    while i < n_tiles:
+        k = counts_sorted[i]
+        if k == 0:
+            empty_tiles = order[i:]
+            break
+        per_chunk = max(1, CHUNK_ELEMENTS // (k * n_pix))
+        sel = order[i:i + per_chunk]
+        i += sel.numel()
+        ar = torch.arange(k)
+        idx = tile_start[sel][:, None] + ar[None, :]
+        valid = ar[None, :] < tile_count[sel][:, None]
+        idx = torch.where(valid, idx, torch.zeros_like(idx))
+        g = gids[idx] if gids.numel() else torch.zeros_like(idx)
+        args = (pix[sel], means2d[g], proj["conics"][g], proj["opacities"][g], colors[g],
+                proj["depths"][g], valid, background)
+        if torch.is_grad_enabled() and means.requires_grad:
+            res = checkpoint(_composite_chunk, *args, use_reentrant=False)
+        else:
+            res = _composite_chunk(*args)
+        pieces.append(res)
+        tile_order.append(sel)
+    if len(empty_tiles):
+        ne = len(empty_tiles)
+        pieces.append((background.expand(ne, n_pix, 3), torch.zeros(ne, n_pix, dtype=dtype),
+                       torch.zeros(ne, n_pix, dtype=dtype)))
+        tile_order.append(empty_tiles)
+    tile_order = torch.cat(tile_order)
+    inv = torch.empty_like(tile_order)
+    inv[tile_order] = torch.arange(n_tiles)
+    rgb = torch.cat([p[0] for p in pieces])[inv]
+    dep = torch.cat([p[1] for p in pieces])[inv]
+    alp = torch.cat([p[2] for p in pieces])[inv]
+
+    def to_image(t, ch):
+        t = t.reshape(tiles_y, tiles_x, TILE, TILE, ch).permute(4, 0, 2, 1, 3)
+        return t.reshape(ch, tiles_y * TILE, tiles_x * TILE)[:, :height, :width]
+
+    return {"image": to_image(rgb, 3), "depth": to_image(dep[..., None], 1),
+            "alpha": to_image(alp[..., None], 1), "radii": radii, "means2d": means2d}
