@@ -75,13 +75,14 @@ def main(argv=None):
           f"{gaussians.num_points} initial Gaussians)")
 
     strategy = DensifyStrategy.from_opt(opt, dataset.white_background, seed=args.seed)
-    first_iter = 1
+    first_iter, resume_state = 1, None
     gaussians.training_setup(opt)
     if args.start_checkpoint:
         if not os.path.isfile(args.start_checkpoint):
             raise ModelNotFoundError(f"checkpoint {args.start_checkpoint} does not exist; "
                                      "pass a chkpnt<N>.pth written with --checkpoint_iterations")
-        first_iter = load_checkpoint(args.start_checkpoint, gaussians, opt, strategy)[0] + 1
+        last, resume_state = load_checkpoint(args.start_checkpoint, gaussians, opt, strategy)
+        first_iter = last + 1
 
     background = torch.tensor([1.0, 1.0, 1.0] if dataset.white_background else [0.0, 0.0, 0.0])
     t0 = time.time()
@@ -90,7 +91,8 @@ def main(argv=None):
         first_iter=first_iter, last_iter=opt.iterations, scene_extent=scene.cameras_extent,
         strategy=strategy, test_cameras=scene.test_cameras, test_iterations=set(args.test_iterations),
         on_save=scene.save, save_iterations=set(args.save_iterations), checkpoint_dir=args.model_path,
-        checkpoint_iterations=set(args.checkpoint_iterations), progress=not args.quiet)
+        checkpoint_iterations=set(args.checkpoint_iterations), progress=not args.quiet,
+        resume_state=resume_state)
     elapsed = time.time() - t0
     n_iter = max(result.last_iteration - first_iter + 1, 0)
     summary = {"iterations": result.last_iteration, "seconds": round(elapsed, 2),

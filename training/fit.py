@@ -49,7 +49,7 @@ def set_rng_state(state: dict):
 def save_checkpoint(path, gaussians, iteration, strategy=None, extra=None):
     """Everything needed to resume bit-for-bit: Gaussians + Adam moments, iteration, RNG states."""
     payload = {"gaussians": gaussians.capture(), "iteration": iteration, "rng": rng_state(),
-               "strategy": getattr(strategy, "_state", None), "extra": extra or {}}
+               "strategy": strategy.state_dict() if strategy is not None else None, "extra": extra or {}}
     with atomic_write(path, "wb") as f:
         torch.save(payload, f)
 
@@ -59,7 +59,7 @@ def load_checkpoint(path, gaussians, opt, strategy=None):
     gaussians.restore(payload["gaussians"], opt)
     set_rng_state(payload["rng"])
     if strategy is not None and payload.get("strategy"):
-        strategy._state = payload["strategy"]
+        strategy.load_state_dict(payload["strategy"])
     return payload["iteration"], payload.get("extra", {})
 
 
@@ -81,7 +81,8 @@ def fit_gaussians(gaussians, cameras: Sequence, opt, pipe, background, *, kernel
                   loss_fn: Optional[Callable] = None, strategy=None, filter_cameras=None,
                   test_cameras=(), test_iterations=(), on_save: Optional[Callable] = None,
                   save_iterations=(), checkpoint_dir: Optional[str] = None, checkpoint_iterations=(),
-                  grow_sh: bool = True, desc: str = "Training", progress: bool = True) -> FitResult:
+                  grow_sh: bool = True, desc: str = "Training", progress: bool = True,
+                  resume_state: Optional[dict] = None) -> FitResult:
     """Optimise `gaussians` for iterations first_iter..last_iter (inclusive, global numbering so
     learning-rate schedules and densification windows continue across calls).
 
@@ -91,15 +92,18 @@ def fit_gaussians(gaussians, cameras: Sequence, opt, pipe, background, *, kernel
     filter_cameras: cameras defining the 3D filter's sampling rates (default: `cameras`); recomputed
         after every densification and every opt.filter_update_interval iterations.
     Views are visited in a fresh random permutation per epoch (3DGS), from the global torch RNG.
+    resume_state: the `extra` dict of a checkpoint written by this routine (view order), so that a
+        resumed run continues exactly as the uninterrupted one would.
     """
     loss_fn = loss_fn or photometric_target_loss(opt.lambda_dssim)
     filter_cameras = list(filter_cameras or cameras)
     if gaussians.optimizer is None:
         gaussians.training_setup(opt)
-    gaussians.compute_3D_filter(filter_cameras)
+    if resume_state is None:
+        gaussians.compute_3D_filter(filter_cameras)  # a checkpoint carries its own filter
     result = FitResult(last_iteration=first_iter - 1, seconds=0.0)
     start = time.time()
-    order: list = []
+    order: list = list((resume_state or {}).get("view_order", []))
     ema_loss, ema_psnr = None, None
     bar = tqdm(range(first_iter, last_iter + 1), desc=desc, disable=not progress, dynamic_ncols=True)
     for iteration in bar:
@@ -142,7 +146,8 @@ def fit_gaussians(gaussians, cameras: Sequence, opt, pipe, background, *, kernel
             if on_save is not None and iteration in save_iterations:
                 on_save(iteration)
             if checkpoint_dir and iteration in checkpoint_iterations:
-                save_checkpoint(os.path.join(checkpoint_dir, f"chkpnt{iteration}.pth"), gaussians, iteration, strategy)
+                save_checkpoint(os.path.join(checkpoint_dir, f"chkpnt{iteration}.pth"), gaussians, iteration,
+                                strategy, extra={"view_order": list(order)})
         result.last_iteration = iteration
     bar.close()
     result.seconds = time.time() - start

@@ -40,6 +40,16 @@ class DensifyStrategy:
         if "generator" not in self.__dict__:
             self.generator = torch.Generator().manual_seed(self.seed)
 
+    def state_dict(self) -> dict:
+        gen = self.__dict__.get("generator")
+        return {"stats": dict(self._state), "generator": gen.get_state() if gen is not None else None}
+
+    def load_state_dict(self, state: dict):
+        self._state = dict(state["stats"])
+        if state.get("generator") is not None:
+            self.generator = torch.Generator()
+            self.generator.set_state(state["generator"])
+
     def step_post_backward(self, iteration, gaussians, render_pkg, camera, scene_extent) -> bool:
         """Accumulate statistics and densify/prune/reset when due. Returns True if the set of
         Gaussians changed (so callers refresh anything sized by N, e.g. the 3D filter)."""
