@@ -3,7 +3,9 @@
 
     python render.py -m output/fern                       # latest iteration, training resolution
     python render.py -m output/fern --iteration sr -r 2   # SR model at the images_2 resolution
-Writes OUT/{train,test}/ours_<iteration>/{renders,gt}/<index>.png (gt at the rendered resolution).
+Writes OUT/{train,test}/ours_<iteration>/{renders,gt}/<index>.png (gt at the rendered resolution);
+at a resolution other than the training one the folder is ours_<iteration>_r<R>, so an LR model
+rendered at HR sits beside its LR renders (or name it with --method).
 """
 import os
 import sys
@@ -12,7 +14,7 @@ from argparse import ArgumentParser
 import torch
 from tqdm import tqdm
 
-from arguments import ModelParams, PipelineParams, get_combined_args
+from arguments import ModelParams, PipelineParams, get_combined_args, read_cfg_args
 from gaussian_renderer import render, resolve_backend
 from scene import GaussianModel, Scene
 from scene.scene import resolve_iteration
@@ -20,8 +22,8 @@ from utils.image_utils import save_image
 from utils.system_utils import run_cli
 
 
-def render_set(model_path, split, iteration, cameras, gaussians, pipe, background, kernel_size, quiet=False):
-    root = os.path.join(model_path, split, f"ours_{iteration}")
+def render_set(model_path, split, method, cameras, gaussians, pipe, background, kernel_size, quiet=False):
+    root = os.path.join(model_path, split, method)
     for sub in ("renders", "gt"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
     for idx, cam in enumerate(tqdm(cameras, desc=f"Rendering {split}", disable=quiet)):
@@ -40,11 +42,16 @@ def main(argv=None):
     parser.add_argument("--iteration", default="-1", help="iteration to render (-1 = latest; or a name like sr)")
     parser.add_argument("--skip_train", action="store_true")
     parser.add_argument("--skip_test", action="store_true")
+    parser.add_argument("--method", default=None, help="output folder name under train/ and test/")
     parser.add_argument("--quiet", action="store_true")
     args = get_combined_args(parser, argv)
+    trained_resolution = read_cfg_args(args.model_path).__dict__.get("resolution", -1)
     dataset, pipe = model.extract(args), pipeline.extract(args)
     resolve_backend(pipe.backend)
     iteration = resolve_iteration(dataset.model_path, args.iteration)  # clear error before loading data
+    method = args.method or f"ours_{iteration}"
+    if args.method is None and dataset.resolution != trained_resolution:
+        method += f"_r{dataset.resolution}"
 
     gaussians = GaussianModel(dataset.sh_degree)
     scene = Scene(dataset, gaussians, load_iteration=iteration)
@@ -55,7 +62,7 @@ def main(argv=None):
                               ("test", scene.test_cameras, args.skip_test)):
         if skip or not cams:
             continue
-        out = render_set(dataset.model_path, split, iteration, cams, gaussians, pipe, background,
+        out = render_set(dataset.model_path, split, method, cams, gaussians, pipe, background,
                          dataset.kernel_size, args.quiet)
         print(f"{split}: {len(cams)} views at {cams[0].width}x{cams[0].height} -> {out}")
     return 0

@@ -1,0 +1,1 @@
+"""Python utilities users run (scene generator, resizing, summaries)."""
