@@ -65,6 +65,12 @@ def resolve_backend(name: str) -> str:
 def _rasterizer(name):
     if name == "torch":
         return torch_backend.rasterize
+    if name == "cpu":
+        from gaussian_renderer import cpu_backend
+        return cpu_backend.rasterize
+    if name == "gsplat":
+        from gaussian_renderer import gsplat_backend
+        return gsplat_backend.rasterize
     raise BackendUnavailableError(f"backend '{name}' has no rasterizer in this build; use --backend torch")
 
 

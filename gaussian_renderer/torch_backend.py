@@ -4,6 +4,8 @@ It is the specification of the renderer: every fast backend is tested against it
 gradients). Differentiable by autograd. Memory is bounded by compositing tiles in chunks of
 similar length, each under activation checkpointing.
 """
+import math
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -52,24 +54,41 @@ def _composite_chunk(pix, mean, conic, opac, color, depth, valid, background):
     depth [T, K], valid [T, K] bool (padding mask), background [3].
     Returns color [T, P, 3], depth [T, P], alpha [T, P].
     """
-    d = mean[:, :, None, :] - pix[:, None, :, :]  # [T, K, P, 2]
-    dx, dy = d[..., 0], d[..., 1]
-    a, b, c = conic[..., 0, None], conic[..., 1, None], conic[..., 2, None]
-    power = -0.5 * (a * dx * dx + c * dy * dy) - b * dx * dy
+    # The Gaussian exponent is a quadratic in the pixel position, so all T x K x P exponents are one
+    # batched matrix product of per-Gaussian coefficients [T, K, 6] with pixel monomials [T, 6, P].
+    # Coordinates are taken relative to each tile's first pixel centre to keep fp32 cancellation small.
+    origin = pix[:, :1, :]  # [T, 1, 2]
+    m = mean - origin
+    q = pix - origin
+    a, b, c = conic[..., 0], conic[..., 1], conic[..., 2]
+    mx, my = m[..., 0], m[..., 1]
+    coef = torch.stack([
+        -0.5 * (a * mx * mx + c * my * my) - b * mx * my,  # 1
+        a * mx + b * my,                                    # px
+        c * my + b * mx,                                    # py
+        -0.5 * a,                                           # px^2
+        -0.5 * c,                                           # py^2
+        -b,                                                 # px py
+    ], dim=-1)
+    qx, qy = q[..., 0], q[..., 1]
+    mono = torch.stack([torch.ones_like(qx), qx, qy, qx * qx, qy * qy, qx * qy], dim=1)  # [T, 6, P]
+    power = torch.bmm(coef, mono)  # [T, K, P]
     alpha = torch.clamp(opac[..., None] * torch.exp(power), max=ALPHA_MAX)
     with torch.no_grad():
         use = valid[..., None] & (power <= 0) & (alpha >= ALPHA_MIN)
-    alpha = torch.where(use, alpha, torch.zeros_like(alpha))
-    with torch.no_grad():
         # A Gaussian is composited only while the transmittance *after* it stays >= T_MIN;
         # transmittance only falls, so this keeps a prefix of each pixel's list (3DGS's early stop).
-        keep = torch.cumprod(1.0 - alpha, dim=1) >= T_MIN
-    alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-    trans_incl = torch.cumprod(1.0 - alpha, dim=1)
-    trans_excl = torch.cat([torch.ones_like(trans_incl[:, :1]), trans_incl[:, :-1]], dim=1)
+        a_used = alpha * use
+        use &= torch.cumsum(torch.log1p(-a_used), dim=1) >= math.log(T_MIN)
+    alpha = alpha * use
+    # Transmittance in log space: cumsum's backward is cheaper than cumprod's, and the sums stay
+    # bounded (>= log 1e-4 + log 0.01) because terminated entries are zero.
+    log_t = torch.cumsum(torch.log1p(-alpha), dim=1)
+    trans_incl = torch.exp(log_t)
+    trans_excl = torch.exp(log_t - torch.log1p(-alpha))
     weight = alpha * trans_excl  # [T, K, P]
-    rgb = torch.einsum("tkp,tkc->tpc", weight, color)
-    dep = torch.einsum("tkp,tk->tp", weight, depth)
+    rgb = torch.bmm(weight.transpose(1, 2), color)  # [T, P, 3]
+    dep = torch.bmm(weight.transpose(1, 2), depth[..., None]).squeeze(-1)
     final_t = trans_incl[:, -1]  # [T, P]
     rgb = rgb + final_t[..., None] * background
     return rgb, dep, 1.0 - final_t

@@ -1,0 +1,76 @@
+"""The `cpu` backend: our C++/OpenMP rasterizer (submodules/cpu_rasterizer), forward and backward.
+
+Same math and signature as the reference `gaussian_renderer.torch_backend.rasterize` (projection
+with the Jacobian clamp and the Mip-Splatting 2D filter, 8-pixel tiles, per-tile depth sort,
+front-to-back compositing with 3DGS's 1/255 cut, 0.99 clamp and early termination). The backward
+is the 3DGS reverse traversal per pixel, not an autograd tape, and runs on `torch.get_num_threads()`
+threads. Gradients are deterministic (no atomics).
+"""
+import torch
+
+try:
+    import threedsr_cpu_rasterizer as _C
+except ImportError:  # the backend registry reports it as unavailable
+    _C = None
+
+
+class _RasterizeCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, quats, scales, opacities, colors, means2d_offset, background, viewmat, K,
+                width, height, kernel_size):
+        nthreads = torch.get_num_threads()
+        (image, depth, alpha, radii, means2d, conics, opac_c, depths, final_T, last, gids, tile_offsets,
+         gauss_offsets, gauss_pairs) = _C.forward(means, quats, scales, opacities, colors, viewmat, K, width,
+                                                  height, background, kernel_size, means2d_offset, nthreads)
+        ctx.save_for_backward(means, quats, scales, opacities, colors, viewmat, K, background, means2d, conics,
+                              opac_c, depths, radii, final_T, last, gids, tile_offsets, gauss_offsets, gauss_pairs)
+        ctx.width, ctx.height, ctx.kernel_size = width, height, kernel_size
+        ctx.mark_non_differentiable(radii)
+        return image, depth, alpha, radii, means2d
+
+    @staticmethod
+    def backward(ctx, g_image, g_depth, g_alpha, _g_radii, g_means2d):
+        (means, quats, scales, opacities, colors, viewmat, K, background, means2d, conics, opac_c, depths, radii,
+         final_T, last, gids, tile_offsets, gauss_offsets, gauss_pairs) = ctx.saved_tensors
+        v_means, v_quats, v_scales, v_opac, v_colors, v_means2d, v_bg = _C.backward(
+            means, quats, scales, opacities, colors, viewmat, K, ctx.width, ctx.height, background, ctx.kernel_size,
+            means2d, conics, opac_c, depths, radii, final_T, last, gids, tile_offsets, gauss_offsets, gauss_pairs,
+            g_image.contiguous(), g_depth.contiguous(), g_alpha.contiguous(), g_means2d.contiguous(),
+            torch.get_num_threads())
+        need = ctx.needs_input_grad
+        return (v_means if need[0] else None, v_quats if need[1] else None, v_scales if need[2] else None,
+                v_opac if need[3] else None, v_colors if need[4] else None, v_means2d if need[5] else None,
+                v_bg if need[6] else None, None, None, None, None, None)
+
+
+def rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height, background,
+              kernel_size=0.1, means2d_offset=None):
+    """Render one view with the C++ extension.
+
+    Args: means [N, 3], quats [N, 4] (w, x, y, z), scales [N, 3], opacities [N], colors [N, 3]
+        (per-Gaussian RGB), viewmat [4, 4] world-to-camera, K [3, 3], background [3]; float32 or
+        float64 CPU tensors. kernel_size: 2D mip filter variance in pixels^2.
+        means2d_offset [N, 2] or None: a zero tensor added to the projected means so that its .grad
+        is dL/d(means2d) in pixels (used by densification), exactly as in the reference.
+    Returns dict: image [3, H, W], depth [1, H, W] (alpha-weighted camera z), alpha [1, H, W],
+        radii [N] int32 (0 = culled), means2d [N, 2] (pixels, offset included; differentiable).
+    Gradients flow to means, quats, scales, opacities, colors, means2d_offset and background
+    (not to viewmat or K).
+    """
+    if _C is None:
+        raise ImportError("threedsr_cpu_rasterizer is not built: python -m pip install --no-build-isolation "
+                          "./submodules/cpu_rasterizer")
+    dtype = means.dtype
+    if means.device.type != "cpu":
+        raise ValueError(f"the cpu backend renders CPU tensors; got means on {means.device}")
+
+    def prep(t):
+        return t.to(dtype).contiguous()
+
+    if means2d_offset is None:
+        means2d_offset = torch.zeros(means.shape[0], 2, dtype=dtype)
+    image, depth, alpha, radii, means2d = _RasterizeCPU.apply(
+        prep(means), prep(quats), prep(scales), prep(opacities.reshape(-1)), prep(colors), prep(means2d_offset),
+        prep(background.reshape(-1)), viewmat.detach().to(dtype).contiguous(), K.detach().to(dtype).contiguous(),
+        int(width), int(height), float(kernel_size))
+    return {"image": image, "depth": depth, "alpha": alpha, "radii": radii, "means2d": means2d}
