@@ -7,10 +7,12 @@ Writes OUT/{train,test}/ours_<iteration>/{renders,gt}/<index>.png (gt at the ren
 at a resolution other than the training one the folder is ours_<iteration>_r<R>, so an LR model
 rendered at HR sits beside its LR renders (or name it with --method).
 """
+import json
 import os
 import sys
 from argparse import ArgumentParser
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -19,19 +21,29 @@ from gaussian_renderer import render, resolve_backend
 from scene import GaussianModel, Scene
 from scene.scene import resolve_iteration
 from utils.image_utils import save_image
-from utils.system_utils import run_cli
+from utils.system_utils import atomic_write, run_cli
 
 
 def render_set(model_path, split, method, cameras, gaussians, pipe, background, kernel_size, quiet=False):
+    """Write renders/, gt/, depth/<idx>.npy (camera z where the render is opaque, else 0) and
+    cameras.json (the views' poses and intrinsics, for multi-view metrics)."""
     root = os.path.join(model_path, split, method)
-    for sub in ("renders", "gt"):
+    for sub in ("renders", "gt", "depth"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
+    entries = []
     for idx, cam in enumerate(tqdm(cameras, desc=f"Rendering {split}", disable=quiet)):
         with torch.no_grad():
-            img = render(cam, gaussians, pipe, background, kernel_size=kernel_size)["render"].clamp(0, 1)
-        save_image(os.path.join(root, "renders", f"{idx:05d}.png"), img)
+            out = render(cam, gaussians, pipe, background, kernel_size=kernel_size)
+        save_image(os.path.join(root, "renders", f"{idx:05d}.png"), out["render"].clamp(0, 1))
         if cam.image is not None:
             save_image(os.path.join(root, "gt", f"{idx:05d}.png"), cam.image)
+        alpha = out["alpha"][0]
+        depth = torch.where(alpha > 0.5, out["depth"][0] / alpha.clamp_min(1e-6), torch.zeros_like(alpha))
+        with atomic_write(os.path.join(root, "depth", f"{idx:05d}.npy"), "wb") as f:
+            np.save(f, depth.numpy().astype(np.float32))
+        entries.append({**cam.to_json(idx), "render": f"{idx:05d}.png"})
+    with atomic_write(os.path.join(root, "cameras.json"), "w") as f:
+        json.dump(entries, f, indent=1)
     return root
 
 

@@ -144,6 +144,7 @@ def get_combined_args(parser: ArgumentParser, argv=None) -> Namespace:
                                  f"python train.py -s SCENE -m {cmd.model_path}")
     merged = vars(read_cfg_args(cmd.model_path)).copy()
     for key, value in vars(cmd).items():
-        if value is not None:  # groups built with sentinel=True leave unset flags as None
+        # groups built with sentinel=True leave unset flags as None: the saved value wins then
+        if value is not None or key not in merged:
             merged[key] = value
     return Namespace(**merged)
