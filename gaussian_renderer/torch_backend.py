@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 from gaussian_renderer.projection import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, project_gaussians, tile_ranges
 
 CHUNK_ELEMENTS = 1 << 21  # tiles x gaussians x pixels evaluated at once
+CHECKPOINT_ABOVE = 1 << 23  # padded elements of a whole image above which chunks are checkpointed
 
 
 def bin_gaussians(means2d, radii, depths, width, height, tile=TILE):
@@ -83,9 +84,9 @@ def _composite_chunk(pix, mean, conic, opac, color, depth, valid, background):
     alpha = alpha * use
     # Transmittance in log space: cumsum's backward is cheaper than cumprod's, and the sums stay
     # bounded (>= log 1e-4 + log 0.01) because terminated entries are zero.
-    log_t = torch.cumsum(torch.log1p(-alpha), dim=1)
-    trans_incl = torch.exp(log_t)
-    trans_excl = torch.exp(log_t - torch.log1p(-alpha))
+    one_minus = 1.0 - alpha  # >= 0.01
+    trans_incl = torch.exp(torch.cumsum(torch.log(one_minus), dim=1))
+    trans_excl = trans_incl / one_minus
     weight = alpha * trans_excl  # [T, K, P]
     rgb = torch.bmm(weight.transpose(1, 2), color)  # [T, P, 3]
     dep = torch.bmm(weight.transpose(1, 2), depth[..., None]).squeeze(-1)
@@ -122,7 +123,7 @@ def rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height
     pix = torch.stack([pix_x, pix_y], dim=-1)
 
     n_pix = TILE * TILE
-    out_rgb = [None] * n_tiles
+    checkpointing = int(tile_count.max()) * n_tiles * n_pix > CHECKPOINT_ABOVE if n_tiles else False
     background = background.to(dtype)
     # Tiles sorted by length so each chunk pads to a similar K.
     order = torch.argsort(tile_count, descending=True)
@@ -145,7 +146,8 @@ def rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height
         g = gids[idx] if gids.numel() else torch.zeros_like(idx)
         args = (pix[sel], means2d[g], proj["conics"][g], proj["opacities"][g], colors[g],
                 proj["depths"][g], valid, background)
-        if torch.is_grad_enabled() and means.requires_grad:
+        # Checkpointing trades a second forward for memory; only worth it for large problems.
+        if torch.is_grad_enabled() and means.requires_grad and checkpointing:
             res = checkpoint(_composite_chunk, *args, use_reentrant=False)
         else:
             res = _composite_chunk(*args)

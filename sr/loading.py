@@ -1,0 +1,121 @@
+"""`load_sr_model`: a short name, a Hugging Face hub id or a local diffusers folder -> a DiffusionSR.
+
+Resolution order for `name_or_path`:
+  1. an existing folder: a diffusers pipeline folder (model_index.json + component subfolders);
+  2. a short name from `KNOWN_MODELS` ("sd-x4-upscaler") -> its hub id;
+  3. a hub id "org/name" -> its snapshot in the local Hugging Face cache (never downloaded: these
+     machines have no network; `local_files_only` everywhere).
+Anything else, and any missing or unreadable weights, raise `ModelNotFoundError` with one line that
+names what was asked for and how to get it.
+"""
+import json
+import os
+import re
+from typing import Optional
+
+import torch
+
+from utils.errors import ModelNotFoundError
+
+# Short name -> Hugging Face hub id.
+KNOWN_MODELS = {
+    "sd-x4-upscaler": "stabilityai/stable-diffusion-x4-upscaler",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message, first line only (our errors are one line)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device) -> torch.dtype:
+    """fp16 on CUDA, fp32 elsewhere (CPU fp16 convolutions are slow or missing)."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def _how_to_get(hub_id: str) -> str:
+    folder = "models/" + hub_id.split("/")[-1]
+    return (f"on a machine with internet run `hf download {hub_id} --local-dir {folder}` "
+            f"(older huggingface_hub: `huggingface-cli download ...`), copy {folder} here and pass it as the model")
+
+
+def _adapters():
+    """model_index.json `_class_name` -> adapter class. Imported lazily: diffusers is a heavy import."""
+    import diffusers  # noqa: F401  (ImportError here: diffusers is not installed)
+
+    from sr.sd_x4_upscaler import PIPELINE_CLASS, SDx4Upscaler
+    return {PIPELINE_CLASS: SDx4Upscaler}
+
+
+def resolve_sr_model(name_or_path: str, cache_dir: Optional[str] = None) -> str:
+    """The local folder holding `name_or_path`'s weights, or ModelNotFoundError (see module docstring)."""
+    name = os.fspath(name_or_path)
+    if os.path.isdir(name):
+        return name
+    if os.path.exists(name):
+        raise ModelNotFoundError(f"SR model '{name}' is a file, not a diffusers pipeline folder")
+    hub_id = KNOWN_MODELS.get(name)
+    if hub_id is None:
+        if _HUB_ID.match(name):
+            hub_id = name
+        elif "/" in name or os.sep in name or name.startswith((".", "~")):
+            raise ModelNotFoundError(f"SR model folder '{name}' does not exist; pass a diffusers pipeline "
+                                     f"folder or one of: {', '.join(KNOWN_MODELS)}")
+        else:
+            raise ModelNotFoundError(f"unknown SR model '{name}' (and no folder of that name); known names: "
+                                     f"{', '.join(KNOWN_MODELS)}, or pass a diffusers pipeline folder")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        cached = try_to_load_from_cache(hub_id, "model_index.json", cache_dir=cache_dir)
+    except (ImportError, ValueError):  # no huggingface_hub, or an id it rejects
+        cached = None
+    if not isinstance(cached, str):
+        where = f" ({cache_dir})" if cache_dir else ""
+        asked = f"'{hub_id}'" if hub_id == name else f"'{name}' ({hub_id})"
+        raise ModelNotFoundError(f"SR model {asked} is neither a folder nor in the local Hugging Face "
+                                 f"cache{where}, and weights are never downloaded here: {_how_to_get(hub_id)}")
+    return os.path.dirname(cached)
+
+
+def load_sr_model(name_or_path: str = "sd-x4-upscaler", device=None, dtype: Optional[torch.dtype] = None, *,
+                  cache_dir: Optional[str] = None, **opts):
+    """Load a diffusion SR model behind the DiffusionSR interface.
+
+    Args:
+        name_or_path: a short name (`KNOWN_MODELS`), a hub id in the local HF cache, or a diffusers
+            pipeline folder (e.g. a fine-tuned copy of stabilityai/stable-diffusion-x4-upscaler).
+        device: default CUDA if available, else CPU. dtype: default fp16 on CUDA, fp32 on CPU.
+        cache_dir: Hugging Face cache to look hub ids up in (default: the usual HF_HUB_CACHE).
+        **opts: adapter options, e.g. for sd-x4-upscaler prompt, negative_prompt, guidance_scale,
+            noise_level, timestep_spacing, sr_batch, vae_tiling (see SDx4Upscaler).
+    Raises:
+        ModelNotFoundError: unknown name, missing folder, hub id not cached, unreadable or unsupported
+            weights, or diffusers not installed; the message is one line.
+    """
+    folder = resolve_sr_model(name_or_path, cache_dir)
+    index_path = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index_path):
+        raise ModelNotFoundError(f"SR model folder '{folder}' is not a diffusers pipeline folder "
+                                 "(no model_index.json)")
+    try:
+        adapters = _adapters()
+    except ImportError as exc:
+        raise ModelNotFoundError(f"diffusion SR needs diffusers ({first_line(exc)}): "
+                                 "pip install diffusers transformers safetensors") from None
+    try:
+        with open(index_path) as f:
+            class_name = json.load(f).get("_class_name")
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"cannot read {index_path}: {first_line(exc)}") from None
+    if class_name not in adapters:
+        raise ModelNotFoundError(f"SR model folder '{folder}' holds a {class_name}; supported pipelines: "
+                                 f"{', '.join(adapters)}")
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    return adapters[class_name].from_folder(folder, device, dtype, name=os.fspath(name_or_path), **opts)

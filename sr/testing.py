@@ -1,0 +1,125 @@
+"""Tiny, randomly initialised SR models of the real diffusers classes, for tests (no downloads).
+
+`save_tiny_x4_upscaler(folder)` writes a complete StableDiffusionUpscalePipeline folder (model_index.json
+plus unet/, vae/, scheduler/, low_res_scheduler/ and, when `transformers` is available, a tiny CLIP
+text_encoder/ and tokenizer/ built in memory) that `load_sr_model(folder)` loads exactly as it loads
+the released model. The outputs are meaningless but deterministic for a seed.
+"""
+import os
+from typing import Optional
+
+import torch
+
+# Same layout as stabilityai/stable-diffusion-x4-upscaler (7-channel UNet with noise-level class
+# embeddings, cross-attention, linear projections; 3-block VAE = x4; scaled-linear schedules), shrunk.
+TINY_CROSS_ATTENTION_DIM = 32
+
+
+def tiny_unet(cross_attention_dim: int = TINY_CROSS_ATTENTION_DIM):
+    from diffusers import UNet2DConditionModel
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=7, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=8,
+        num_class_embeds=1000, use_linear_projection=True)
+
+
+def tiny_vae(scale: int = 4, sample_size: int = 64):
+    """AutoencoderKL whose latent -> image factor is `scale` (a power of 2): log2(scale) + 1 blocks."""
+    from diffusers import AutoencoderKL
+    n = scale.bit_length()
+    if scale < 1 or 2 ** (n - 1) != scale:
+        raise ValueError(f"scale must be a power of 2, got {scale}")
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=(8,) + (16,) * (n - 1),
+        layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=sample_size,
+        scaling_factor=0.08333)
+
+
+def tiny_schedulers(prediction_type: str = "v_prediction"):
+    """(scheduler, low_res_scheduler) with the released model's schedule settings."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02, clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
+    low_res = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02)
+    return scheduler, low_res
+
+
+def _bytes_to_unicode():
+    """GPT-2/CLIP byte-level BPE alphabet: 256 printable characters, one per byte."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
+    cs = bs[:]
+    extra = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in cs]
+
+
+def tiny_clip_text(hidden_size: int = TINY_CROSS_ATTENTION_DIM):
+    """(tokenizer, text_encoder): a character-level CLIP tokenizer (no merges) and a 2-layer CLIP text
+    model, built offline. Returns (None, None) when `transformers` is missing."""
+    try:
+        import inspect
+
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    except ImportError:
+        return None, None
+    chars = _bytes_to_unicode()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    params = inspect.signature(CLIPTokenizer.__init__).parameters
+    if "vocab" in params:  # transformers >= 5: vocabulary and merges in memory
+        tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    else:  # transformers 4: from files
+        import json
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, "vocab.json"), "w") as f:
+                json.dump(vocab, f)
+            with open(os.path.join(tmp, "merges.txt"), "w") as f:
+                f.write("#version: 0.2\n")
+            tokenizer = CLIPTokenizer(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"),
+                                      model_max_length=77)
+    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=37,
+                            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                            bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                            pad_token_id=vocab["<|endoftext|>"])
+    return tokenizer, CLIPTextModel(config)
+
+
+def save_tiny_x4_upscaler(folder: str, seed: int = 0, prediction_type: str = "v_prediction",
+                          with_text_encoder: bool = True, scale: int = 4,
+                          vae_sample_size: int = 64) -> str:
+    """Write a tiny random StableDiffusionUpscalePipeline folder; returns `folder`.
+
+    with_text_encoder=False (or no `transformers`) leaves tokenizer/text_encoder out of the folder, the
+    case where the adapter uses a zero prompt embedding. The global RNG is left untouched.
+    """
+    from diffusers import StableDiffusionUpscalePipeline
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = tiny_unet()
+        vae = tiny_vae(scale, vae_sample_size)
+        tokenizer, text_encoder = tiny_clip_text() if with_text_encoder else (None, None)
+    scheduler, low_res = tiny_schedulers(prediction_type)
+    pipe = StableDiffusionUpscalePipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                          low_res_scheduler=low_res, scheduler=scheduler, max_noise_level=350)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def load_tiny_x4_upscaler(folder: str, device="cpu", dtype: Optional[torch.dtype] = None, **opts):
+    """Save a tiny model to `folder` (if not there yet) and load it through `load_sr_model`."""
+    from sr.loading import load_sr_model
+    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+        save_tiny_x4_upscaler(folder)
+    return load_sr_model(folder, device, dtype, **opts)
