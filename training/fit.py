@@ -30,7 +30,11 @@ def photometric_target_loss(lambda_dssim: float):
     return loss_fn
 
 
-def seed_everything(seed: int):
+def seed_everything(seed: int, deterministic: bool = True):
+    """Seed every RNG; `deterministic` also makes torch's scatter-adds (gradients of gathers) run in a
+    fixed order, so two runs, or a run and its resumed copy, are bit-identical on CPU."""
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
