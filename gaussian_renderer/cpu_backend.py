@@ -5,8 +5,16 @@ with the Jacobian clamp and the Mip-Splatting 2D filter, 8-pixel tiles, per-tile
 front-to-back compositing with 3DGS's 1/255 cut, 0.99 clamp and early termination). The backward
 is the 3DGS reverse traversal per pixel, not an autograd tape, and runs on `torch.get_num_threads()`
 threads. Gradients are deterministic (no atomics).
+
+Rounding follows the reference where it decides something: the Gaussian exponent is evaluated as
+the reference's expanded quadratic, with or without fused multiply-adds as torch.bmm does for the
+reference's chunk of that tile (hence CHUNK_ELEMENTS is passed down), so the 1/255 cut and the
+early stop take the reference's decisions; only a pair within about an ulp of a threshold can still
+go the other way (exp and the log-space stop test are not bit-identical to torch's).
 """
 import torch
+
+from gaussian_renderer.torch_backend import CHUNK_ELEMENTS
 
 try:
     import threedsr_cpu_rasterizer as _C
@@ -21,7 +29,8 @@ class _RasterizeCPU(torch.autograd.Function):
         nthreads = torch.get_num_threads()
         (image, depth, alpha, radii, means2d, conics, opac_c, depths, final_T, last, gids, tile_offsets,
          gauss_offsets, gauss_pairs) = _C.forward(means, quats, scales, opacities, colors, viewmat, K, width,
-                                                  height, background, kernel_size, means2d_offset, nthreads)
+                                                  height, background, kernel_size, means2d_offset,
+                                                  CHUNK_ELEMENTS, nthreads)
         ctx.save_for_backward(means, quats, scales, opacities, colors, viewmat, K, background, means2d, conics,
                               opac_c, depths, radii, final_T, last, gids, tile_offsets, gauss_offsets, gauss_pairs)
         ctx.width, ctx.height, ctx.kernel_size = width, height, kernel_size
@@ -36,7 +45,7 @@ class _RasterizeCPU(torch.autograd.Function):
             means, quats, scales, opacities, colors, viewmat, K, ctx.width, ctx.height, background, ctx.kernel_size,
             means2d, conics, opac_c, depths, radii, final_T, last, gids, tile_offsets, gauss_offsets, gauss_pairs,
             g_image.contiguous(), g_depth.contiguous(), g_alpha.contiguous(), g_means2d.contiguous(),
-            torch.get_num_threads())
+            CHUNK_ELEMENTS, torch.get_num_threads())
         need = ctx.needs_input_grad
         return (v_means if need[0] else None, v_quats if need[1] else None, v_scales if need[2] else None,
                 v_opac if need[3] else None, v_colors if need[4] else None, v_means2d if need[5] else None,
