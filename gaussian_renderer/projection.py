@@ -4,6 +4,8 @@ specification every other backend is tested against.
 """
 import torch
 
+from utils.graphics_utils import quaternion_to_rotation
+
 NEAR_PLANE = 0.01       # camera-space depth below which a Gaussian is culled (gsplat's default)
 ALPHA_MIN = 1.0 / 255.0  # contributions below this alpha are skipped (3DGS)
 ALPHA_MAX = 0.99         # alpha clamp, so transmittance never hits zero (3DGS)
@@ -13,13 +15,7 @@ TILE = 8                 # tile edge in pixels
 
 def quat_scale_to_covariance(quats, scales):
     """quats [N, 4] (w, x, y, z, any norm), scales [N, 3] -> covariances [N, 3, 3] = R S S^T R^T."""
-    q = quats / quats.norm(dim=-1, keepdim=True)
-    w, x, y, z = q.unbind(-1)
-    R = torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(-1, 3, 3)
+    R = quaternion_to_rotation(quats)
     M = R * scales[:, None, :]
     return M @ M.transpose(1, 2)
 

@@ -14,6 +14,7 @@ from plyfile import PlyData, PlyElement
 from scipy.spatial import cKDTree
 
 from utils.errors import PlyFormatError
+from utils.graphics_utils import quaternion_to_rotation
 from utils.sh_utils import RGB2SH
 from utils.system_utils import atomic_write
 
@@ -40,15 +41,7 @@ def exponential_lr(lr_init, lr_final, lr_delay_steps=0, lr_delay_mult=1.0, max_s
     return lr_at
 
 
-def build_rotation(q):
-    """[N, 4] quaternions (w, x, y, z), any norm -> [N, 3, 3] rotation matrices."""
-    q = q / q.norm(dim=-1, keepdim=True)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(-1, 3, 3)
+build_rotation = quaternion_to_rotation  # 3DGS's name, used by densification
 
 
 class GaussianModel:
