@@ -4,7 +4,7 @@ Backends (chosen with `--backend`):
   torch  - pure-PyTorch reference (gaussian_renderer/torch_backend.py); runs anywhere.
   cpu    - C++/OpenMP extension from submodules/ (when built).
   gsplat - gsplat's CUDA kernels (when CUDA is available).
-  inria  - an installed diff_gaussian_rasterization (when importable).
+  inria  - reserved for an installed diff_gaussian_rasterization (not wired yet: reported unavailable).
   auto   - gsplat on CUDA, else cpu if built, else torch.
 Every backend computes the same image, depth and alpha and reports the gradient of the loss with
 respect to the projected means in pixels, so densification means the same thing whichever runs.
@@ -27,7 +27,8 @@ def backend_status(name: str):
         return True, "pure PyTorch reference"
     if name == "cpu":
         if importlib.util.find_spec("threedsr_cpu_rasterizer") is None:
-            return False, "the C++ extension is not built (pip install ./submodules/cpu_rasterizer)"
+            return False, ("the C++ extension is not built (bash scripts/setup.sh, or pip install "
+                           "--no-build-isolation ./submodules/cpu_rasterizer)")
         return True, "C++/OpenMP extension"
     if name == "gsplat":
         if not torch.cuda.is_available():
@@ -36,11 +37,7 @@ def backend_status(name: str):
             return False, "gsplat is not installed (conda env create -f environment.yml, or pip install gsplat)"
         return True, "gsplat CUDA kernels"
     if name == "inria":
-        if not torch.cuda.is_available():
-            return False, "diff_gaussian_rasterization needs a CUDA GPU and none is available"
-        if importlib.util.find_spec("diff_gaussian_rasterization") is None:
-            return False, "diff_gaussian_rasterization is not installed"
-        return True, "Inria diff_gaussian_rasterization"
+        return False, "the Inria diff_gaussian_rasterization adapter is not part of this build yet (use gsplat on CUDA)"
     raise BackendUnavailableError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
 
 
