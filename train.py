@@ -63,7 +63,6 @@ def main(argv=None):
     args.model_path = dataset.model_path
     resolve_backend(pipe.backend)  # fail early with a clear message
     seed_everything(args.seed)
-    torch.set_num_threads(torch.get_num_threads())
 
     check_output(args)
     gaussians = GaussianModel(dataset.sh_degree)

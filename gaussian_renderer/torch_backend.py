@@ -143,7 +143,7 @@ def rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height
         idx = tile_start[sel][:, None] + ar[None, :]
         valid = ar[None, :] < tile_count[sel][:, None]
         idx = torch.where(valid, idx, torch.zeros_like(idx))
-        g = gids[idx] if gids.numel() else torch.zeros_like(idx)
+        g = gids[idx]
         args = (pix[sel], means2d[g], proj["conics"][g], proj["opacities"][g], colors[g],
                 proj["depths"][g], valid, background)
         # Checkpointing trades a second forward for memory; only worth it for large problems.

@@ -19,6 +19,7 @@ from PIL import Image
 
 from scene.colmap_io import detect_model_ext, qvec_to_rotmat, read_model
 from utils.errors import SceneFormatError, ThreeDSRError
+from utils.image_utils import area_resize_np
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".exr")
 MAX_AUTO_WIDTH = 1600  # resolution -1: wider images are downscaled to this width (Inria behaviour)
@@ -125,12 +126,6 @@ def _load_image(path, background) -> np.ndarray:
     return np.ascontiguousarray(rgb, dtype=np.float32)
 
 
-def _resize_area(img, width, height) -> np.ndarray:
-    if img.shape[1] == width and img.shape[0] == height:
-        return img
-    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
-
-
 def _target_size(width, height, factor, folder, resolution) -> tuple:
     """Size to downsample a (width, height) image to, printing the one-line notes the user should see."""
     if resolution == -1:
@@ -163,7 +158,7 @@ def _check_same_size(paths, sizes, folder):
 def _load_all(paths, background, size):
     """Load images in parallel (cv2 releases the GIL), resize each to `size` with area averaging."""
     def one(p):
-        return _resize_area(_load_image(p, background), *size)
+        return area_resize_np(_load_image(p, background), *size)
     workers = max(1, min(8, os.cpu_count() or 1, len(paths)))
     if workers == 1:
         return [one(p) for p in paths]

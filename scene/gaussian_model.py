@@ -85,13 +85,16 @@ class GaussianModel:
         s2 = self.get_scaling.square() + self.filter_3D.square()
         return torch.sqrt(s2)
 
+    def filter_3D_opacity_coef(self):
+        """[N, 1] factor the 3D filter applies to opacity: convolving with the filter keeps the
+        Gaussian's integral, so the peak drops by sqrt(det(Sigma) / det(Sigma + filter^2 I))
+        (Mip-Splatting eq. 8)."""
+        s2 = self.get_scaling.square()
+        return torch.sqrt(s2.prod(dim=1, keepdim=True) / (s2 + self.filter_3D.square()).prod(dim=1, keepdim=True))
+
     @property
     def get_opacity_with_3D_filter(self):
-        # Convolving with the filter keeps the Gaussian's integral, so the peak drops by
-        # sqrt(det(Sigma) / det(Sigma + filter^2 I)) (Mip-Splatting eq. 8).
-        s2 = self.get_scaling.square()
-        coef = torch.sqrt(s2.prod(dim=1, keepdim=True) / (s2 + self.filter_3D.square()).prod(dim=1, keepdim=True))
-        return self.get_opacity * coef
+        return self.get_opacity * self.filter_3D_opacity_coef()
 
     def oneup_sh_degree(self):
         if self.active_sh_degree < self.max_sh_degree:
@@ -189,30 +192,26 @@ class GaussianModel:
         only appended (moments of new rows start at zero), or "reset" to zero all moments of the
         given names.
         """
-        for group in self.optimizer.param_groups if self.optimizer else []:
-            name = group["name"]
-            if name not in new_params:
-                continue
-            old = group["params"][0]
-            new = new_params[name].detach().requires_grad_(True)
-            state = self.optimizer.state.pop(old, None)
-            if state is not None:
-                for key in ("exp_avg", "exp_avg_sq"):
-                    buf = state[key]
-                    if keep_state == "reset":
-                        buf = torch.zeros_like(new)
-                    elif isinstance(keep_state, torch.Tensor):
-                        buf = buf[keep_state]
-                    else:  # appended rows
-                        extra = new.shape[0] - buf.shape[0]
-                        buf = torch.cat([buf, torch.zeros((extra,) + buf.shape[1:], dtype=buf.dtype)], dim=0)
-                    state[key] = buf
-                self.optimizer.state[new] = state
-            group["params"][0] = new
+        groups = {g["name"]: g for g in self.optimizer.param_groups} if self.optimizer else {}
+        for name, tensor in new_params.items():
+            new = tensor.detach().requires_grad_(True)
+            group = groups.get(name)
+            if group is not None:
+                state = self.optimizer.state.pop(group["params"][0], None)
+                if state is not None:
+                    for key in ("exp_avg", "exp_avg_sq"):
+                        buf = state[key]
+                        if isinstance(keep_state, torch.Tensor):
+                            buf = buf[keep_state]
+                        elif keep_state == "reset":
+                            buf = torch.zeros_like(new)
+                        else:  # appended rows
+                            extra = new.shape[0] - buf.shape[0]
+                            buf = torch.cat([buf, torch.zeros((extra,) + buf.shape[1:], dtype=buf.dtype)], dim=0)
+                        state[key] = buf
+                    self.optimizer.state[new] = state
+                group["params"][0] = new
             self.params[name] = new
-        for name, t in new_params.items():
-            if self.optimizer is None or name not in [g["name"] for g in self.optimizer.param_groups]:
-                self.params[name] = t.detach().requires_grad_(True)
 
     # ---- checkpoints -----------------------------------------------------------------------
     def capture(self) -> dict:

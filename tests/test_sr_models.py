@@ -21,14 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HUB_ID = "stabilityai/stable-diffusion-x4-upscaler"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from threads, and on a shared 2-core machine OpenMP's spin-waiting
-    threads made each tiny UNet call ~80x slower (3.9 s vs 0.05 s) under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

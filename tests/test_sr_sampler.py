@@ -16,14 +16,7 @@ diffusers = pytest.importorskip("diffusers")
 from diffusers import DDIMScheduler  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from threads, and on a shared 2-core machine OpenMP's spin-waiting
-    threads made each tiny UNet call ~80x slower (3.9 s vs 0.05 s) under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _scheduler(spacing="trailing", prediction_type="epsilon", set_alpha_to_one=False, steps_offset=1):

@@ -45,8 +45,7 @@ def reset_opacity(gaussians, ceiling=0.01):
     """Clamp every Gaussian's *filtered* opacity to `ceiling` (Mip-Splatting's variant of the 3DGS
     reset: the cap applies to what is rendered, then is mapped back through the 3D filter)."""
     with torch.no_grad():
-        s2 = gaussians.get_scaling.square()
-        coef = torch.sqrt(s2.prod(1, keepdim=True) / (s2 + gaussians.filter_3D.square()).prod(1, keepdim=True))
-        capped = torch.minimum(gaussians.get_opacity_with_3D_filter, torch.full_like(coef, ceiling))
+        coef = gaussians.filter_3D_opacity_coef()
+        capped = torch.minimum(gaussians.get_opacity * coef, torch.full_like(coef, ceiling))
         raw = torch.clamp(capped / coef, 1e-6, 1 - 1e-6)
     gaussians.replace_params({"opacity": inverse_sigmoid(raw)}, keep_state="reset")

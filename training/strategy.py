@@ -1,5 +1,6 @@
 """Densification as a strategy object: the training routine asks it, it does not contain it."""
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -23,8 +24,15 @@ class DensifyStrategy:
     max_screen_size: int = 20             # prune radii above this (pixels) after the first reset
     world_size_fraction: float = 0.1      # ... and world scales above this x scene extent
     white_background: bool = False        # also reset at densify_from_iter (3DGS, for Blender scenes)
-    seed: int = 0
+    seed: int = 0                         # seeds the split samples
     _state: dict = field(default_factory=dict, repr=False)
+    _generator: Optional[torch.Generator] = field(default=None, repr=False)
+
+    @property
+    def generator(self) -> torch.Generator:
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.seed)
+        return self._generator
 
     @classmethod
     def from_opt(cls, opt, white_background=False, seed=0):
@@ -37,17 +45,13 @@ class DensifyStrategy:
 
     def reset_state(self, n):
         self._state = {"grad_accum": torch.zeros(n), "denom": torch.zeros(n), "max_radii": torch.zeros(n)}
-        if "generator" not in self.__dict__:
-            self.generator = torch.Generator().manual_seed(self.seed)
 
     def state_dict(self) -> dict:
-        gen = self.__dict__.get("generator")
-        return {"stats": dict(self._state), "generator": gen.get_state() if gen is not None else None}
+        return {"stats": dict(self._state), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict):
         self._state = dict(state["stats"])
         if state.get("generator") is not None:
-            self.generator = torch.Generator()
             self.generator.set_state(state["generator"])
 
     def step_post_backward(self, iteration, gaussians, render_pkg, camera, scene_extent) -> bool:

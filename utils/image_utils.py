@@ -77,7 +77,8 @@ def area_downsample(img, factor):
 def area_resize_np(img, width, height):
     """Resize a numpy [H,W,C] (or [H,W]) float image to (width, height) with cv2.INTER_AREA.
 
-    Returns float32 with the same number of dimensions as the input.
+    Returns float32 with the same number of dimensions as the input (the input itself, not a
+    copy, when it is float32 and already that size).
     """
     arr = np.asarray(img)
     if arr.dtype != np.float32:
@@ -85,6 +86,8 @@ def area_resize_np(img, width, height):
     width, height = int(width), int(height)
     if width < 1 or height < 1:
         raise ValueError(f"target size must be positive, got {width}x{height}")
+    if arr.shape[1] == width and arr.shape[0] == height:
+        return arr
     out = cv2.resize(np.ascontiguousarray(arr), (width, height), interpolation=cv2.INTER_AREA)
     if arr.ndim == 3 and out.ndim == 2:  # cv2 drops a single channel axis
         out = out[:, :, None]
