@@ -99,6 +99,33 @@ class OptimizationParams(ParamGroup):
         super().__init__(parser, "Optimization Parameters")
 
 
+class SRParams(ParamGroup):
+    """The SR stage (sr_refine.py): the diffusion model, the denoising schedule and the per-step fit."""
+
+    def __init__(self, parser):
+        self.mode = "3dsr"                  # 3dsr | per-view | bicubic (baselines on the same code path)
+        self.name = ""                      # run name: point_cloud/iteration_<name>, sr/<name>/ (default by mode)
+        self.scale = 4
+        self.sr_model = "sd-x4-upscaler"    # short name, hub id in the local HF cache, or a diffusers folder
+        self.sr_device = "auto"             # where the SR networks run (auto: cuda if available)
+        self.sr_batch = 1                   # views per network call (memory bound)
+        self.vae_tiling = False
+        self.prompt = ""
+        self.guidance_scale = 1.0
+        self.noise_level = 20
+        self.timestep_spacing = "trailing"
+        self.steps = 4                      # denoising steps (the paper's StableSR-Turbo uses 4)
+        self.iters_per_step = 5000          # Gaussian fitting iterations per step (the paper's K)
+        self.final_iters = -1               # fit on the final images; -1 = iters_per_step
+        self.lambda_lr = 1.0                # weight of the LR-consistency term
+        self.eta = 0.0                      # DDIM eta: 0 deterministic, 1 DDPM-like
+        self.no_densify = False
+        self.no_hr_test = False             # skip loading HR test views for the per-step test PSNR
+        self.no_step_images = False         # skip writing sr/<name>/step_<k>/{decoded,renders}
+        self.keep_checkpoints = False       # keep every step's checkpoint, not only the latest
+        super().__init__(parser, "Super-resolution Parameters")
+
+
 def parse_cfg_args(text: str) -> Namespace:
     """Parse `Namespace(a=1, b='x', ...)` with ast literals only."""
     try:

@@ -81,20 +81,38 @@ class ViewLatents:
         self.latents = new_latents.to(self.latents)
         self.step += 1
 
+    def state_dict(self, generator: Optional[torch.Generator] = None) -> dict:
+        """The state as plain data (tensors on CPU), with the sampling generator's RNG state."""
+        return {
+            "format": _FORMAT, "version": _VERSION,
+            "latents": self.latents.detach().cpu(), "timesteps": self.timesteps.cpu(),
+            "cond_noise": None if self.cond_noise is None else self.cond_noise.detach().cpu(),
+            "step": int(self.step), "view_names": self.view_names, "model_name": self.model_name,
+            "generator_state": None if generator is None else generator.get_state(),
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_state_dict(cls, payload: dict, device="cpu", generator: Optional[torch.Generator] = None,
+                        source: str = "state") -> "ViewLatents":
+        """Inverse of `state_dict`; restores `generator`'s RNG state when given (and saved)."""
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise ModelNotFoundError(f"{source} is not an SR latent checkpoint")
+        if generator is not None and payload["generator_state"] is not None:
+            generator.set_state(payload["generator_state"])
+        cond = payload["cond_noise"]
+        return cls(latents=payload["latents"].to(device), timesteps=payload["timesteps"],
+                   cond_noise=None if cond is None else cond.to(device), step=int(payload["step"]),
+                   view_names=payload["view_names"], model_name=payload["model_name"], extra=payload["extra"])
+
     def save(self, path, generator: Optional[torch.Generator] = None, extra: Optional[dict] = None):
         """Atomically write the state (tensors on CPU) with the sampling generator's RNG state.
 
         `extra` must hold only plain data (tensors, numbers, strings, lists, dicts): the file is read
         back with `torch.load(weights_only=True)`.
         """
-        payload = {
-            "format": _FORMAT, "version": _VERSION,
-            "latents": self.latents.detach().cpu(), "timesteps": self.timesteps.cpu(),
-            "cond_noise": None if self.cond_noise is None else self.cond_noise.detach().cpu(),
-            "step": int(self.step), "view_names": self.view_names, "model_name": self.model_name,
-            "generator_state": None if generator is None else generator.get_state(),
-            "extra": dict(self.extra, **(extra or {})),
-        }
+        payload = self.state_dict(generator)
+        payload["extra"].update(extra or {})
         with atomic_write(path, "wb") as f:
             torch.save(payload, f)
 
@@ -107,11 +125,4 @@ class ViewLatents:
             raise ModelNotFoundError(f"no SR latent checkpoint at {path}") from None
         except Exception as exc:  # truncated / foreign file: say which, never a traceback
             raise ModelNotFoundError(f"cannot read SR latent checkpoint {path}: {type(exc).__name__}") from None
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise ModelNotFoundError(f"{path} is not an SR latent checkpoint")
-        if generator is not None and payload["generator_state"] is not None:
-            generator.set_state(payload["generator_state"])
-        cond = payload["cond_noise"]
-        return cls(latents=payload["latents"].to(device), timesteps=payload["timesteps"],
-                   cond_noise=None if cond is None else cond.to(device), step=int(payload["step"]),
-                   view_names=payload["view_names"], model_name=payload["model_name"], extra=payload["extra"])
+        return cls.from_state_dict(payload, device, generator, source=str(path))

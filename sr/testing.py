@@ -4,11 +4,14 @@
 plus unet/, vae/, scheduler/, low_res_scheduler/ and, when `transformers` is available, a tiny CLIP
 text_encoder/ and tokenizer/ built in memory) that `load_sr_model(folder)` loads exactly as it loads
 the released model. The outputs are meaningless but deterministic for a seed.
+`PixelOracleSR` is a model-free DiffusionSR whose clean estimate is given HR images (plumbing tests).
 """
 import os
 from typing import Optional
 
 import torch
+
+from sr.base import DiffusionSR
 
 # Same layout as stabilityai/stable-diffusion-x4-upscaler (7-channel UNet with noise-level class
 # embeddings, cross-attention, linear projections; 3-block VAE = x4; scaled-linear schedules), shrunk.
@@ -123,3 +126,34 @@ def load_tiny_x4_upscaler(folder: str, device="cpu", dtype: Optional[torch.dtype
     if not os.path.isfile(os.path.join(folder, "model_index.json")):
         save_tiny_x4_upscaler(folder)
     return load_sr_model(folder, device, dtype, **opts)
+
+
+class PixelOracleSR(DiffusionSR):
+    """An "oracle" SR model for testing the 3DSR plumbing: its clean estimate x0 is always the encoding
+    of known HR images (e.g. the ground truth), in a pixel-space "latent" (encode: 2x - 1, decode its
+    inverse), with a scaled-linear schedule. `targets` [V, 3, s*h, s*w] in [0, 1] are returned for the V
+    views in the order the loop passes them. `final_alpha_cumprod` 1.0: the last step lands exactly on z.
+    """
+
+    def __init__(self, targets: torch.Tensor, scale: int = 4, num_train_timesteps: int = 1000,
+                 beta_start: float = 0.00085, beta_end: float = 0.012):
+        self.name, self.scale, self.prediction_type = "pixel-oracle", int(scale), "sample"
+        self.targets = targets.detach().float()
+        betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps, dtype=torch.float64) ** 2
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, 0).float()
+        self.final_alpha_cumprod = 1.0
+
+    def latent_shape(self, lr_shape):
+        b, _, h, w = lr_shape
+        return (b, 3, h * self.scale, w * self.scale)
+
+    def model_output(self, x_t, t, lr_images, cond_noise=None):
+        if lr_images.shape[0] != self.targets.shape[0]:
+            raise ValueError(f"oracle holds {self.targets.shape[0]} views, asked for {lr_images.shape[0]}")
+        return self.encode(self.targets).to(x_t)
+
+    def decode(self, x0):
+        return ((x0.float() + 1.0) * 0.5).clamp(0.0, 1.0)
+
+    def encode(self, images):
+        return images.float() * 2.0 - 1.0

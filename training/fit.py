@@ -21,6 +21,7 @@ class FitResult:
     last_iteration: int
     seconds: float
     test_log: list = field(default_factory=list)  # [{"iteration", "split", "psnr", "l1", "num_gaussians"}]
+    loss: Optional[float] = None  # running (EMA) training loss at the last iteration
 
 
 def photometric_target_loss(lambda_dssim: float):
@@ -154,5 +155,6 @@ def fit_gaussians(gaussians, cameras: Sequence, opt, pipe, background, *, kernel
                                 strategy, extra={"view_order": list(order)})
         result.last_iteration = iteration
     bar.close()
+    result.loss = ema_loss
     result.seconds = time.time() - start
     return result

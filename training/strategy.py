@@ -17,7 +17,7 @@ class DensifyStrategy:
     densify_from_iter: int = 500          # start after a warm-up
     densify_until_iter: int = 15_000      # stop densifying (pruning by opacity stops too)
     densification_interval: int = 100     # densify every N iterations
-    opacity_reset_interval: int = 3000    # cap opacities every N iterations
+    opacity_reset_interval: int = 3000    # cap opacities every N iterations (0: never)
     grad_threshold: float = 0.0002        # mean NDC gradient norm that marks under-reconstruction
     percent_dense: float = 0.01           # clone if max scale <= this x scene extent, else split
     min_opacity: float = 0.005            # prune below this opacity
@@ -74,10 +74,12 @@ class DensifyStrategy:
 
         changed = False
         if iteration > self.densify_from_iter and iteration % self.densification_interval == 0:
-            size_limit = self.max_screen_size if iteration > self.opacity_reset_interval else None
+            # 3DGS prunes big-on-screen Gaussians only after the first opacity reset; no resets, no such pruning
+            resets = self.opacity_reset_interval > 0
+            size_limit = self.max_screen_size if resets and iteration > self.opacity_reset_interval else None
             self.densify_and_prune(gaussians, scene_extent, size_limit)
             changed = True
-        if iteration % self.opacity_reset_interval == 0 or (
+        if (self.opacity_reset_interval > 0 and iteration % self.opacity_reset_interval == 0) or (
                 self.white_background and iteration == self.densify_from_iter):
             densify_ops.reset_opacity(gaussians)
         return changed

@@ -1,0 +1,373 @@
+"""The 3DSR loop (DESIGN.md): at every denoising step a diffusion SR model proposes HR images, the
+Gaussians are fitted to them plus a low-resolution consistency term, and encodings of their renders
+replace the model's clean-latent estimate in the DDIM step.
+
+    x_T ~ N(0, I), one latent per view
+    for k, (t, t_prev) in enumerate(schedule):
+        x0, eps = predict(x_t, t, L);  H = decode(x0)
+        fit K iterations: L_hr(H, R) + lambda * L_lr(L, area_down(R))
+        x_{t_prev} = DDIM(encode(render all views), eps, t, t_prev, eta)
+    final fit on decode(x_final)
+
+The baselines run through the same code and differ only in where the targets come from:
+  per-view: the plain sampler (z = x0, no fits between steps), then one fit to the decoded images
+            ("SR then 3D");
+  bicubic:  no diffusion model, bicubic-upsampled LR images as targets, one fit.
+Both baselines fit as many iterations as 3DSR does in total (steps x K + final), on one schedule.
+
+Resuming: after each denoising step one file (step_<k>/checkpoint.pth) holds the latents, the
+sampling generator, the Gaussians with their Adam state, the densification state and the global RNG,
+so a run killed anywhere and resumed reproduces the uninterrupted run bit for bit.
+"""
+import dataclasses
+import json
+import os
+import re
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from gaussian_renderer import render
+from sr.latents import ViewLatents
+from training.fit import evaluate, fit_gaussians, rng_state, set_rng_state
+from utils.errors import ModelNotFoundError, ThreeDSRError
+from utils.image_utils import area_downsample, psnr, save_image
+from utils.loss_utils import photometric_loss
+from utils.system_utils import atomic_write
+
+MODES = ("3dsr", "per-view", "bicubic")
+DEFAULT_RUN_NAMES = {"3dsr": "sr", "per-view": "sr_per-view", "bicubic": "sr_bicubic"}
+_CHECKPOINT_FORMAT = "3dsr-sr-checkpoint"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class SRSettings:
+    """What defines a run: a checkpoint resumes only under the same settings."""
+    mode: str = "3dsr"
+    scale: int = 4
+    steps: int = 4
+    iters_per_step: int = 5000
+    final_iters: int = 5000
+    lambda_lr: float = 1.0
+    lambda_dssim: float = 0.2
+    eta: float = 0.0
+    seed: int = 0
+    sr_model: str = ""
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ThreeDSRError(f"unknown --mode '{self.mode}'; use one of {', '.join(MODES)}")
+        for key in ("scale", "steps"):
+            if int(getattr(self, key)) < 1:
+                raise ThreeDSRError(f"--{key} must be at least 1, got {getattr(self, key)}")
+        if self.iters_per_step < 0 or self.final_iters < 0:
+            raise ThreeDSRError("--iters_per_step and --final_iters must not be negative")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ThreeDSRError(f"--eta must be in [0, 1], got {self.eta}")
+
+    @property
+    def total_iterations(self) -> int:
+        return self.steps * self.iters_per_step + self.final_iters
+
+    @property
+    def uses_diffusion(self) -> bool:
+        return self.mode != "bicubic"
+
+
+def bicubic_upsample(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """[B, 3, h, w] -> [B, 3, s*h, s*w], bicubic (a = -0.75, as OpenCV/PyTorch), clamped to [0, 1]."""
+    return F.interpolate(images, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
+
+
+def sr_fit_loss(lr_by_name: dict, scale: int, lambda_lr: float, lambda_dssim: float):
+    """L_hr(H, R) + lambda * L_lr(L, area_down(R)), each (1 - delta) L1 + delta (1 - SSIM).
+
+    The camera's `.image` is the HR target H; the LR image is looked up by the camera's image name.
+    """
+    def loss_fn(pkg, cam):
+        rendered = pkg["render"]
+        loss = photometric_loss(rendered, cam.image, lambda_dssim)
+        if lambda_lr > 0:
+            low = area_downsample(rendered, scale)
+            loss = loss + lambda_lr * photometric_loss(low, lr_by_name[cam.image_name], lambda_dssim)
+        return loss
+    return loss_fn
+
+
+def peak_memory_mb() -> dict:
+    """Peak resident memory of this process (and of CUDA allocations when used), in MiB."""
+    out = {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["peak_cuda_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    return out
+
+
+def mean_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(psnr(a.clamp(0, 1), b.clamp(0, 1)).mean())
+
+
+def latest_checkpoint(run_dir: str) -> Optional[str]:
+    """The checkpoint of the last complete step under run_dir, or None."""
+    best = None
+    if os.path.isdir(run_dir):
+        for entry in os.listdir(run_dir):
+            m = _STEP_DIR.match(entry)
+            path = os.path.join(run_dir, entry, "checkpoint.pth")
+            if m and os.path.isfile(path) and (best is None or int(m.group(1)) > best[0]):
+                best = (int(m.group(1)), path)
+    return best[1] if best else None
+
+
+class SRRefiner:
+    """Runs one SR stage on a loaded LR model (see the module docstring).
+
+    gaussians: the LR model's GaussianModel, spatial_lr_scale set to the scene extent (Scene does it),
+        so positions are really optimised.
+    lr_cameras: the train cameras at LR, with their LR images.
+    sr: a DiffusionSR (None for mode "bicubic").
+    opt: OptimizationParams values for the fit; iterations are numbered globally over the whole stage
+        (1 .. settings.total_iterations), so learning-rate decay and the densification window span it.
+    hr_test_cameras: HR test cameras with ground truth, for the per-step test PSNR in the log (optional).
+    run_dir: OUT/sr/<name>/ (log.json, checkpoints, step images); ply_path: where the result goes.
+    """
+
+    def __init__(self, settings: SRSettings, gaussians, lr_cameras: Sequence, *, opt, pipe, background,
+                 kernel_size: float, scene_extent: float, run_dir: str, ply_path: str, sr=None, strategy=None,
+                 hr_test_cameras: Sequence = (), save_images: bool = True, keep_checkpoints: bool = False,
+                 progress: bool = True):
+        if settings.uses_diffusion and sr is None:
+            raise ThreeDSRError(f"mode '{settings.mode}' needs a diffusion SR model")
+        if sr is not None and settings.uses_diffusion and int(sr.scale) != int(settings.scale):
+            raise ThreeDSRError(f"--scale {settings.scale} but the SR model '{sr.name}' upscales x{sr.scale}; "
+                                f"pass --scale {sr.scale}")
+        self.settings = settings
+        self.gaussians = gaussians
+        self.sr = sr if settings.uses_diffusion else None
+        self.opt, self.pipe, self.background = opt, pipe, background
+        self.kernel_size, self.scene_extent = kernel_size, scene_extent
+        self.strategy = strategy
+        self.run_dir, self.ply_path = run_dir, ply_path
+        self.hr_test_cameras = list(hr_test_cameras)
+        self.save_images, self.keep_checkpoints, self.progress = save_images, keep_checkpoints, progress
+        s = int(settings.scale)
+        self.names = [c.image_name for c in lr_cameras]
+        if len(set(self.names)) != len(self.names):
+            raise ThreeDSRError("train views must have distinct image names")
+        self.lr_images = torch.stack([c.image for c in lr_cameras])
+        self.hr_cameras = [c.resized(c.width * s, c.height * s) for c in lr_cameras]
+        self.loss_fn = sr_fit_loss(dict(zip(self.names, self.lr_images)), s, settings.lambda_lr,
+                                   settings.lambda_dssim)
+        self.generator = torch.Generator().manual_seed(int(settings.seed))  # x_T and DDIM noise
+        self.log: List[dict] = []
+
+    # ---- pieces --------------------------------------------------------------------------------
+    def fit(self, targets: torch.Tensor, first: int, last: int, desc: str):
+        """Fit the Gaussians to HR targets [V, 3, H, W] for iterations first..last (global numbering)."""
+        cams = [c.resized(c.width, c.height, image=t) for c, t in zip(self.hr_cameras, targets)]
+        return fit_gaussians(self.gaussians, cams, self.opt, self.pipe, self.background,
+                             kernel_size=self.kernel_size, first_iter=first, last_iter=last,
+                             scene_extent=self.scene_extent, loss_fn=self.loss_fn, strategy=self.strategy,
+                             filter_cameras=self.hr_cameras, grow_sh=False, desc=desc, progress=self.progress)
+
+    @torch.no_grad()
+    def render_all(self) -> torch.Tensor:
+        """Every train view rendered at HR: [V, 3, H, W] in [0, 1]."""
+        return torch.stack([render(c, self.gaussians, self.pipe, self.background,
+                                   kernel_size=self.kernel_size)["render"].clamp(0, 1) for c in self.hr_cameras])
+
+    def _targets_device(self, images: torch.Tensor) -> torch.Tensor:
+        return images.detach().to(self.lr_images.device, torch.float32)
+
+    def _stats(self, step, t, t_prev, decoded, renders, fit_result, seconds) -> dict:
+        s = self.settings.scale
+        entry = {"step": step, "timestep": t, "t_prev": t_prev,
+                 "fit_loss": None if fit_result is None or fit_result.loss is None else round(fit_result.loss, 6),
+                 "psnr_render_vs_decoded": None, "psnr_lr_consistency": None, "psnr_hr_test": None}
+        if renders is not None:
+            if decoded is not None:
+                entry["psnr_render_vs_decoded"] = round(mean_psnr(renders, decoded), 4)
+            entry["psnr_lr_consistency"] = round(mean_psnr(area_downsample(renders, s), self.lr_images), 4)
+        elif decoded is not None:  # per-view proposals: how well they agree with the LR input
+            entry["psnr_lr_consistency"] = round(mean_psnr(area_downsample(decoded, s), self.lr_images), 4)
+        if renders is not None and self.hr_test_cameras:
+            stats = evaluate(self.hr_test_cameras, self.gaussians, self.pipe, self.background, self.kernel_size)
+            entry["psnr_hr_test"] = round(stats["psnr"], 4)
+        entry.update(seconds=round(seconds, 2), num_gaussians=self.gaussians.num_points, **peak_memory_mb())
+        return entry
+
+    def _save_images(self, folder: str, decoded: Optional[torch.Tensor], renders: Optional[torch.Tensor]):
+        if not self.save_images:
+            return
+        for sub, images in (("decoded", decoded), ("renders", renders)):
+            if images is None:
+                continue
+            os.makedirs(os.path.join(folder, sub), exist_ok=True)
+            for name, img in zip(self.names, images):
+                save_image(os.path.join(folder, sub, f"{name}.png"), img)
+
+    def _write_log(self, complete: bool, total_seconds: float):
+        steps = [e for e in self.log if e["step"] != "final"]
+        final = next((e for e in self.log if e["step"] == "final"), None)
+        payload = {"mode": self.settings.mode, "scale": self.settings.scale,
+                   "sr_model": self.settings.sr_model if self.settings.uses_diffusion else None,
+                   "settings": dataclasses.asdict(self.settings), "views": len(self.names),
+                   "hr_size": [self.hr_cameras[0].width, self.hr_cameras[0].height],
+                   "steps": steps, "final": final, "total_seconds": round(total_seconds, 2), "complete": complete}
+        os.makedirs(self.run_dir, exist_ok=True)
+        with atomic_write(os.path.join(self.run_dir, "log.json"), "w") as f:
+            json.dump(payload, f, indent=2)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def _save_checkpoint(self, latents: ViewLatents, seconds: float):
+        step = latents.step
+        payload = {"format": _CHECKPOINT_FORMAT, "version": 1,
+                   "settings": dataclasses.asdict(self.settings), "view_names": self.names,
+                   "latents": latents.state_dict(self.generator), "gaussians": self.gaussians.capture(),
+                   "strategy": self.strategy.state_dict() if self.strategy is not None else None,
+                   "rng": rng_state(), "log": self.log, "seconds": seconds}
+        path = os.path.join(self.run_dir, f"step_{step}", "checkpoint.pth")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic_write(path, "wb") as f:
+            torch.save(payload, f)
+        if not self.keep_checkpoints:  # only after the new one is complete
+            for k in range(1, step):
+                old = os.path.join(self.run_dir, f"step_{k}", "checkpoint.pth")
+                if os.path.isfile(old):
+                    os.remove(old)
+
+    def _load_checkpoint(self, path: str):
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise ModelNotFoundError(f"cannot read SR checkpoint {path} ({type(exc).__name__}); "
+                                     "delete it to resume from the step before, or pass --overwrite") from None
+        if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
+            raise ModelNotFoundError(f"{path} is not an SR checkpoint; pass --overwrite to start again")
+        ours = dataclasses.asdict(self.settings)
+        diff = [f"{k} {payload['settings'].get(k)!r} -> {v!r}" for k, v in ours.items()
+                if payload["settings"].get(k) != v]
+        if diff:
+            raise ThreeDSRError(f"{path} was written with other settings ({'; '.join(diff)}); rerun with the "
+                                "same flags to resume, or pass --overwrite to start again")
+        if payload["view_names"] != self.names:
+            raise ThreeDSRError(f"{path} was written for other train views; pass --overwrite to start again")
+        latents = ViewLatents.from_state_dict(payload["latents"], self.lr_images.device, self.generator, path)
+        self.gaussians.restore(payload["gaussians"], self.opt)
+        if self.strategy is not None and payload["strategy"] is not None:
+            self.strategy.load_state_dict(payload["strategy"])
+        set_rng_state(payload["rng"])
+        self.log = list(payload["log"])
+        return latents, float(payload.get("seconds", 0.0))
+
+    # ---- one denoising step ------------------------------------------------------------------
+    def sampler_step(self, latents: ViewLatents, estimate) -> dict:
+        """x_{t_prev} = DDIM(z, eps, t, t_prev, eta) for every view, where (x0, eps) = predict(x_t, t) and
+        z = estimate(x0, k, t)["z"]; stores x_{t_prev} in `latents` and returns what `estimate` made."""
+        t, t_prev = latents.current()
+        x0, eps = self.sr.predict(latents.latents, t, self.lr_images, latents.cond_noise)
+        out = estimate(x0, latents.step + 1, t)
+        latents.advance(self.sr.step(out["z"], eps, t, t_prev, self.settings.eta, self.generator))
+        return out
+
+    def _replace_x0(self, x0, k, t) -> dict:
+        """3DSR: fit the Gaussians to the decoded proposals, and use the encoded renders as z."""
+        st = self.settings
+        decoded = self._targets_device(self.sr.decode(x0))
+        first = (k - 1) * st.iters_per_step + 1
+        fit = self.fit(decoded, first, first + st.iters_per_step - 1, desc=f"step {k}/{st.steps} t={t} fit")
+        renders = self.render_all()
+        return {"z": self.sr.encode(renders), "decoded": decoded, "renders": renders, "fit": fit}
+
+    def _keep_x0(self, x0, k, t) -> dict:
+        """Plain per-view sampling: z = x0 (decoded only to save the proposals)."""
+        decoded = self._targets_device(self.sr.decode(x0)) if self.save_images else None
+        return {"z": x0, "decoded": decoded, "renders": None, "fit": None}
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> dict:
+        """Run (or continue, with resume=True) the stage; writes the PLY, log.json and step outputs."""
+        st, sr = self.settings, self.sr
+        latents, elapsed = None, 0.0
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if ckpt is not None:
+            latents, elapsed = self._load_checkpoint(ckpt)
+            print(f"Resuming {self.run_dir} after denoising step {latents.step}/{latents.num_steps}")
+        elif sr is not None:
+            latents = ViewLatents.create(sr, self.lr_images, st.steps, self.generator, self.names)
+        if self.gaussians.optimizer is None:
+            self.gaussians.training_setup(self.opt)
+
+        stages = (st.steps if sr is not None else 0) + 1
+        bar = tqdm(total=stages, initial=latents.step if latents is not None else 0, desc=f"SR {st.mode}",
+                   disable=not self.progress, dynamic_ncols=True)
+        while latents is not None and not latents.done:
+            t0 = time.time()
+            k, t, t_prev = latents.step + 1, *latents.current()
+            out = self.sampler_step(latents, self._replace_x0 if st.mode == "3dsr" else self._keep_x0)
+            seconds = time.time() - t0
+            elapsed += seconds
+            self.log.append(self._stats(k, t, t_prev, out["decoded"], out["renders"], out["fit"], seconds))
+            self._save_images(os.path.join(self.run_dir, f"step_{k}"), out["decoded"], out["renders"])
+            self._save_checkpoint(latents, elapsed)
+            self._write_log(False, elapsed)
+            bar.update(1)
+            bar.set_postfix(self._postfix(self.log[-1]))
+
+        # final fit: 3DSR continues on the decoded final latents; the baselines fit once from scratch
+        t0 = time.time()
+        targets = (self._targets_device(sr.decode(latents.latents)) if sr is not None
+                   else bicubic_upsample(self.lr_images, st.scale))
+        first = st.steps * st.iters_per_step + 1 if st.mode == "3dsr" else 1
+        fit_result = None
+        if st.total_iterations >= first:
+            fit_result = self.fit(targets, first, st.total_iterations, desc=f"final fit ({st.mode})")
+        renders = self.render_all()
+        self.gaussians.save_ply(self.ply_path)
+        seconds = time.time() - t0
+        elapsed += seconds
+        self.log = [e for e in self.log if e["step"] != "final"]
+        self.log.append(self._stats("final", None, None, targets, renders, fit_result, seconds))
+        self._save_images(os.path.join(self.run_dir, "final"), targets, renders)
+        self._write_log(True, elapsed)
+        bar.update(1)
+        bar.set_postfix(self._postfix(self.log[-1]))
+        bar.close()
+        with open(os.path.join(self.run_dir, "log.json")) as f:
+            return json.load(f)
+
+    @staticmethod
+    def _postfix(entry: dict) -> dict:
+        out = {"n": entry["num_gaussians"]}
+        for key, short in (("psnr_render_vs_decoded", "R~H"), ("psnr_lr_consistency", "LR"),
+                           ("psnr_hr_test", "test")):
+            if entry.get(key) is not None:
+                out[short] = f"{entry[key]:.2f}"
+        return out
+
+
+def describe_log(log: dict) -> str:
+    """A few lines summarising a log.json for the terminal."""
+    lines = []
+    for e in log["steps"] + ([log["final"]] if log.get("final") else []):
+        parts = [f"step {e['step']}" + (f" t={e['timestep']}" if e.get("timestep") is not None else "")]
+        for key, label in (("fit_loss", "loss"), ("psnr_render_vs_decoded", "PSNR render/decoded"),
+                           ("psnr_lr_consistency", "LR-consistency PSNR"), ("psnr_hr_test", "HR test PSNR")):
+            if e.get(key) is not None:
+                parts.append(f"{label} {e[key]:.4g}")
+        parts.append(f"{e['seconds']:.1f} s, {e['num_gaussians']} Gaussians, peak {e['peak_memory_mb']:.0f} MB")
+        lines.append(", ".join(parts))
+    return "\n".join(lines)
+
+
+def clear_run(run_dir: str):
+    """Remove a previous run's folder (--overwrite)."""
+    if os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)
+
