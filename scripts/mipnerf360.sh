@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Mip-NeRF 360 with the paper's protocol: LR = images_8, x4 SR, GT = images_2, every 8th view held out,
+# LR 3DGS 30K iterations, 4 SR steps x 5K iterations; methods LR-3DGS@HR, bicubic, per-view SR, 3DSR.
+# Usage: bash scripts/mipnerf360.sh DATA_ROOT OUT_ROOT [scene ...] [-- run_scene.py flags]
+#   DATA_ROOT holds bicycle/ garden/ ... (scripts/download_mipnerf360.sh); results in OUT_ROOT/results.md
+set -uo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 2 ] || { echo "usage: bash scripts/mipnerf360.sh DATA_ROOT OUT_ROOT [scene ...] [-- run_scene.py flags]"; exit 2; }
+DATA=$1; OUT=$2; shift 2
+SCENES=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do SCENES+=("$1"); shift; done; [ "${1:-}" = "--" ] && shift
+[ ${#SCENES[@]} -gt 0 ] || SCENES=(bicycle flowers garden stump treehill room counter kitchen bonsai)
+[ -f .venv/bin/activate ] && . .venv/bin/activate
+. scripts/lib/batch.sh
+run_batch "$DATA" "$OUT" "${SCENES[*]}" --lr_res 8 --scale 4 "$@"
