@@ -123,7 +123,7 @@ def main(argv=None):
     sr_folder = None
     if settings.uses_diffusion:
         from sr.loading import resolve_sr_model
-        sr_folder = resolve_sr_model(srp.sr_model)
+        sr_folder = resolve_sr_model(srp.sr_model, sr_weights=srp.sr_weights or None)
     if check_run_folder(run_dir, ply_path, args.resume, args.overwrite):
         print(f"{run_dir} is complete; the result is {ply_path} (pass --overwrite to run it again)")
         return 0
@@ -136,11 +136,15 @@ def main(argv=None):
 
     sr = None
     if settings.uses_diffusion:
-        from sr.loading import load_sr_model
+        from sr.loading import is_stablesr_folder, load_sr_model
         device = None if srp.sr_device == "auto" else srp.sr_device
-        sr = load_sr_model(sr_folder, device, prompt=srp.prompt, guidance_scale=srp.guidance_scale,
-                           noise_level=srp.noise_level, timestep_spacing=srp.timestep_spacing,
-                           sr_batch=srp.sr_batch, vae_tiling=srp.vae_tiling)
+        if is_stablesr_folder(sr_folder):  # StableSR-Turbo (sr/stablesr): scale-free, its own options
+            opts = dict(scale=settings.scale, dec_w=srp.dec_w, colorfix=srp.colorfix, tile_size=srp.tile_size,
+                        tile_overlap=srp.tile_overlap, sr_batch=srp.sr_batch)
+        else:
+            opts = dict(prompt=srp.prompt, guidance_scale=srp.guidance_scale, noise_level=srp.noise_level,
+                        timestep_spacing=srp.timestep_spacing, sr_batch=srp.sr_batch, vae_tiling=srp.vae_tiling)
+        sr = load_sr_model(sr_folder, device, **opts)
         sr.name = srp.sr_model
         if int(sr.scale) != settings.scale:
             raise ThreeDSRError(f"--scale {settings.scale} but the SR model '{srp.sr_model}' upscales x{sr.scale}; "

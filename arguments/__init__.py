@@ -113,6 +113,11 @@ class SRParams(ParamGroup):
         self.prompt = ""
         self.guidance_scale = 1.0
         self.noise_level = 20
+        self.sr_weights = ""                # folder with stablesr_turbo.ckpt + vqgan_cfw_00011.ckpt (--sr_model stablesr-turbo)
+        self.dec_w = 0.5                    # StableSR CFW fusion weight w in [0, 1] (3DSR: 0.5)
+        self.colorfix = "wavelet"           # StableSR colour fix: wavelet | none
+        self.tile_size = 64                 # StableSR latent tile size (latent pixels; 64 = 512 image pixels)
+        self.tile_overlap = 32              # StableSR latent tile overlap
         self.timestep_spacing = "trailing"
         self.steps = 4                      # denoising steps (the paper's StableSR-Turbo uses 4)
         self.iters_per_step = 5000          # Gaussian fitting iterations per step (the paper's K)

@@ -7,14 +7,17 @@ scheduler, and one latent per view can be replaced by encoded 3D renders between
     x = sr.init_latents(L, generator); c = sr.init_cond_noise(L, generator)
     for t, t_prev in timestep_pairs(sr.timesteps(4)):
         x0, eps = sr.predict(x, t, L, c)         # clean-latent and noise estimates
-        H = sr.decode(x0)                        # HR proposals [V, 3, s*h, s*w] in [0, 1]
+        H = sr.decode(x0, L)                     # HR proposals [V, 3, s*h, s*w] in [0, 1]
         ... fit Gaussians, render R ...
-        x = sr.step(sr.encode(R), eps, t, t_prev, eta, generator)
+        x = sr.step(sr.encode(R, L), eps, t, t_prev, eta, generator)
 
 Conventions: images are float tensors [B, 3, H, W] in [0, 1]; latents, x0 and eps are float32 on
 `device` whatever the model's compute `dtype` is (fp16 on CUDA, fp32 on CPU by default), so the
-sampler math and anything the loop stores stay in fp32. Views are processed in chunks of `sr_batch`
-so peak memory is that of `sr_batch` views, and results do not depend on the chunk size.
+sampler math and anything the loop stores stay in fp32. `decode` and `encode` also take the views' LR
+images (optional, None by default): latent-VAE models ignore them, models whose latent is relative to
+the LR input (sr.pixel_prior: a residual over the bicubic upsample) need them. Views are processed in
+chunks of `sr_batch` so peak memory is that of `sr_batch` views, and results do not depend on the chunk
+size.
 """
 import abc
 from typing import Iterator, Optional, Tuple
@@ -129,13 +132,15 @@ class DiffusionSR(abc.ABC):
         return ddim_step(z, eps, self.alpha_bar(t), self.alpha_bar(t_prev), eta, noise=noise, generator=generator)
 
     @abc.abstractmethod
-    def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        """Latents [B, C, h', w'] -> HR images float32 [B, 3, H, W] in [0, 1]."""
+    def decode(self, x0: torch.Tensor, lr_images: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Latents [B, C, h', w'] -> HR images float32 [B, 3, H, W] in [0, 1].
+
+        lr_images [B, 3, h, w]: the same views' LR images; models that do not need them ignore them."""
 
     @abc.abstractmethod
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """HR images [B, 3, H, W] in [0, 1] -> latents float32 [B, C, h', w'] (deterministic: the
-        posterior mean times the VAE scaling factor, no sampling)."""
+    def encode(self, images: torch.Tensor, lr_images: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """HR images [B, 3, H, W] in [0, 1] -> latents float32 [B, C, h', w'] (deterministic: for a VAE
+        the posterior mean times its scaling factor, no sampling). lr_images as in `decode`."""
 
     # ---- helpers ----------------------------------------------------------------------------
     def _chunks(self, n: int) -> Iterator[slice]:

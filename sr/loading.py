@@ -22,6 +22,9 @@ KNOWN_MODELS = {
     "sd-x4-upscaler": "stabilityai/stable-diffusion-x4-upscaler",
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Models whose weights are not a diffusers folder: short name -> how to get them (see sr/stablesr).
+WEIGHTS_FOLDER_MODELS = {"stablesr-turbo": "stablesr_turbo.ckpt + vqgan_cfw_00011.ckpt from the StableSR authors' "
+                                           "release (README, StableSR-Turbo)"}
 
 
 def first_line(exc: BaseException) -> str:
@@ -49,13 +52,22 @@ def _adapters():
     """model_index.json `_class_name` -> adapter class. Imported lazily: diffusers is a heavy import."""
     import diffusers  # noqa: F401  (ImportError here: diffusers is not installed)
 
-    from sr.sd_x4_upscaler import PIPELINE_CLASS, SDx4Upscaler
-    return {PIPELINE_CLASS: SDx4Upscaler}
+    from sr import pixel_prior, sd_x4_upscaler
+    return {sd_x4_upscaler.PIPELINE_CLASS: sd_x4_upscaler.SDx4Upscaler,
+            pixel_prior.PIPELINE_CLASS: pixel_prior.PixelPriorSR}
 
 
-def resolve_sr_model(name_or_path: str, cache_dir: Optional[str] = None) -> str:
-    """The local folder holding `name_or_path`'s weights, or ModelNotFoundError (see module docstring)."""
+def resolve_sr_model(name_or_path: str, cache_dir: Optional[str] = None, sr_weights: Optional[str] = None) -> str:
+    """The local folder holding `name_or_path`'s weights, or ModelNotFoundError (see module docstring).
+    Models of `WEIGHTS_FOLDER_MODELS` take their folder from `sr_weights` (--sr_weights DIR)."""
     name = os.fspath(name_or_path)
+    if name in WEIGHTS_FOLDER_MODELS:
+        if not sr_weights:
+            raise ModelNotFoundError(f"SR model '{name}' needs --sr_weights DIR holding {WEIGHTS_FOLDER_MODELS[name]}")
+        if not os.path.isdir(sr_weights):
+            raise ModelNotFoundError(f"--sr_weights folder '{sr_weights}' does not exist; it must hold "
+                                     f"{WEIGHTS_FOLDER_MODELS[name]}")
+        return os.fspath(sr_weights)
     if os.path.isdir(name):
         return name
     if os.path.exists(name):
@@ -83,6 +95,11 @@ def resolve_sr_model(name_or_path: str, cache_dir: Optional[str] = None) -> str:
     return os.path.dirname(cached)
 
 
+def is_stablesr_folder(folder: str) -> bool:
+    """A folder with the released StableSR-Turbo weights (sr.stablesr), not a diffusers pipeline."""
+    return any(os.path.isfile(os.path.join(folder, f)) for f in ("stablesr_turbo.ckpt", "stablesr_turbo.safetensors"))
+
+
 def load_sr_model(name_or_path: str = "sd-x4-upscaler", device=None, dtype: Optional[torch.dtype] = None, *,
                   cache_dir: Optional[str] = None, **opts):
     """Load a diffusion SR model behind the DiffusionSR interface.
@@ -98,7 +115,12 @@ def load_sr_model(name_or_path: str = "sd-x4-upscaler", device=None, dtype: Opti
         ModelNotFoundError: unknown name, missing folder, hub id not cached, unreadable or unsupported
             weights, or diffusers not installed; the message is one line.
     """
-    folder = resolve_sr_model(name_or_path, cache_dir)
+    folder = resolve_sr_model(name_or_path, cache_dir, opts.pop("sr_weights", None))
+    if os.fspath(name_or_path) in WEIGHTS_FOLDER_MODELS or is_stablesr_folder(folder):
+        from sr.stablesr.adapter import StableSRTurbo
+        device = torch.device(device) if device is not None else default_device()
+        return StableSRTurbo.from_folder(folder, device, dtype or default_dtype(device),
+                                         name=os.fspath(name_or_path), **opts)
     index_path = os.path.join(folder, "model_index.json")
     if not os.path.isfile(index_path):
         raise ModelNotFoundError(f"SR model folder '{folder}' is not a diffusers pipeline folder "

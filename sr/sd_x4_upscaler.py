@@ -208,7 +208,7 @@ class SDx4Upscaler(DiffusionSR):
         return torch.cat(outs)
 
     @torch.no_grad()
-    def decode(self, x0):
+    def decode(self, x0, lr_images=None):
         outs = []
         for sl in self._chunks(x0.shape[0]):
             z = x0[sl].to(self.device, self.vae_dtype) / self.vae_scaling_factor
@@ -217,7 +217,7 @@ class SDx4Upscaler(DiffusionSR):
         return torch.cat(outs)
 
     @torch.no_grad()
-    def encode(self, images):
+    def encode(self, images, lr_images=None):
         if images.shape[1] != 3 or images.shape[-2] % self.scale or images.shape[-1] % self.scale:
             raise ValueError(f"images to encode must be [B, 3, H, W] with H, W multiples of {self.scale}, "
                              f"got {list(images.shape)}")

@@ -152,8 +152,22 @@ class PixelOracleSR(DiffusionSR):
             raise ValueError(f"oracle holds {self.targets.shape[0]} views, asked for {lr_images.shape[0]}")
         return self.encode(self.targets).to(x_t)
 
-    def decode(self, x0):
+    def decode(self, x0, lr_images=None):
         return ((x0.float() + 1.0) * 0.5).clamp(0.0, 1.0)
 
-    def encode(self, images):
+    def encode(self, images, lr_images=None):
         return images.float() * 2.0 - 1.0
+
+
+def save_tiny_pixel_prior(folder: str, seed: int = 0, residual_scale: float = 0.05) -> str:
+    """Write a tiny random ThreeDSRPixelPrior folder (sr.pixel_prior layout, a 2-level 8/16-channel UNet);
+    returns `folder`. The global RNG is left untouched."""
+    from diffusers import UNet2DModel
+
+    from sr.pixel_prior import prior_scheduler_config, save_pixel_prior, tiny_unet_config
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DModel(**tiny_unet_config(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4))
+    return save_pixel_prior(folder, unet, prior_scheduler_config(),
+                            {"scale": 4, "unshuffle": 2, "residual_scale": residual_scale,
+                             "training": {"note": "tiny random test model"}})

@@ -356,3 +356,19 @@ def test_bad_inputs_fail_cleanly(lr_model, tiny_scene, tiny_sr_folder, tmp_path)
     expect_error(base + ["--mode", "bicubic"], "--resume")
     assert tree_digest(model) == digest
     run(base + ["--mode", "bicubic", "--overwrite"])
+
+
+def test_sr_refine_cli_stablesr_turbo_tiny_end_to_end(lr_model, tmp_path):
+    """--sr_model stablesr-turbo --sr_weights DIR with the tiny oracle weights (tests/fixtures/stablesr-tiny)."""
+    from sr.stablesr.testing import save_tiny_weights
+    weights = save_tiny_weights(str(tmp_path / "stablesr"),
+                                os.path.join(ROOT, "tests", "fixtures", "stablesr-tiny", "manifest.json"))
+    model = str(tmp_path / "model")
+    shutil.copytree(lr_model, model)
+    run(["sr_refine.py", "-m", model, "--sr_model", "stablesr-turbo", "--sr_weights", weights, "--steps", "2",
+         "--iters_per_step", "3", "--final_iters", "2", "--no_step_images", "--quiet"])
+    log = json.load(open(os.path.join(model, "sr", "sr", "log.json")))
+    assert log["complete"] and [e["timestep"] for e in log["steps"]] == [999, 0]
+    assert os.path.isfile(os.path.join(model, "point_cloud", "iteration_sr", "point_cloud.ply"))
+    expect_error(["sr_refine.py", "-m", model, "--sr_model", "stablesr-turbo", "--name", "other", "--quiet"],
+                 "--sr_weights")

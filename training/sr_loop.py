@@ -7,7 +7,10 @@ replace the model's clean-latent estimate in the DDIM step.
         x0, eps = predict(x_t, t, L);  H = decode(x0)
         fit K iterations: L_hr(H, R) + lambda * L_lr(L, area_down(R))
         x_{t_prev} = DDIM(encode(render all views), eps, t, t_prev, eta)
-    final fit on decode(x_final)
+    final fit (final_iters more) on the last step's proposals H
+
+The last step's DDIM update lands on x_final ~ encode(R): decoding it would only give the renders
+back through the VAE, so the final fit continues on the model's last proposals instead (DESIGN.md).
 
 The baselines run through the same code and differ only in where the targets come from:
   per-view: the plain sampler (z = x0, no fits between steps), then one fit to the decoded images
@@ -166,6 +169,7 @@ class SRRefiner:
                                    settings.lambda_dssim)
         self.generator = torch.Generator().manual_seed(int(settings.seed))  # x_T and DDIM noise
         self.log: List[dict] = []
+        self.last_x0: Optional[torch.Tensor] = None  # the last step's clean estimate (3DSR's final targets)
 
     # ---- pieces --------------------------------------------------------------------------------
     def fit(self, targets: torch.Tensor, first: int, last: int, desc: str):
@@ -231,7 +235,8 @@ class SRRefiner:
                    "settings": dataclasses.asdict(self.settings), "view_names": self.names,
                    "latents": latents.state_dict(self.generator), "gaussians": self.gaussians.capture(),
                    "strategy": self.strategy.state_dict() if self.strategy is not None else None,
-                   "rng": rng_state(), "log": self.log, "seconds": seconds}
+                   "rng": rng_state(), "log": self.log, "seconds": seconds,
+                   "last_x0": None if self.last_x0 is None else self.last_x0.detach().cpu()}
         path = os.path.join(self.run_dir, f"step_{step}", "checkpoint.pth")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with atomic_write(path, "wb") as f:
@@ -264,6 +269,8 @@ class SRRefiner:
             self.strategy.load_state_dict(payload["strategy"])
         set_rng_state(payload["rng"])
         self.log = list(payload["log"])
+        last = payload.get("last_x0")
+        self.last_x0 = None if last is None else last.to(latents.latents.device)
         return latents, float(payload.get("seconds", 0.0))
 
     # ---- one denoising step ------------------------------------------------------------------
@@ -273,21 +280,22 @@ class SRRefiner:
         t, t_prev = latents.current()
         x0, eps = self.sr.predict(latents.latents, t, self.lr_images, latents.cond_noise)
         out = estimate(x0, latents.step + 1, t)
+        out["x0"] = x0
         latents.advance(self.sr.step(out["z"], eps, t, t_prev, self.settings.eta, self.generator))
         return out
 
     def _replace_x0(self, x0, k, t) -> dict:
         """3DSR: fit the Gaussians to the decoded proposals, and use the encoded renders as z."""
         st = self.settings
-        decoded = self._targets_device(self.sr.decode(x0))
+        decoded = self._targets_device(self.sr.decode(x0, self.lr_images))
         first = (k - 1) * st.iters_per_step + 1
         fit = self.fit(decoded, first, first + st.iters_per_step - 1, desc=f"step {k}/{st.steps} t={t} fit")
         renders = self.render_all()
-        return {"z": self.sr.encode(renders), "decoded": decoded, "renders": renders, "fit": fit}
+        return {"z": self.sr.encode(renders, self.lr_images), "decoded": decoded, "renders": renders, "fit": fit}
 
     def _keep_x0(self, x0, k, t) -> dict:
         """Plain per-view sampling: z = x0 (decoded only to save the proposals)."""
-        decoded = self._targets_device(self.sr.decode(x0)) if self.save_images else None
+        decoded = self._targets_device(self.sr.decode(x0, self.lr_images)) if self.save_images else None
         return {"z": x0, "decoded": decoded, "renders": None, "fit": None}
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -311,6 +319,7 @@ class SRRefiner:
             t0 = time.time()
             k, t, t_prev = latents.step + 1, *latents.current()
             out = self.sampler_step(latents, self._replace_x0 if st.mode == "3dsr" else self._keep_x0)
+            self.last_x0 = out["x0"]
             seconds = time.time() - t0
             elapsed += seconds
             self.log.append(self._stats(k, t, t_prev, out["decoded"], out["renders"], out["fit"], seconds))
@@ -320,10 +329,15 @@ class SRRefiner:
             bar.update(1)
             bar.set_postfix(self._postfix(self.log[-1]))
 
-        # final fit: 3DSR continues on the decoded final latents; the baselines fit once from scratch
+        # final fit: 3DSR continues on its last proposals; per-view fits once to the sampler's output
+        # decode(x_final); bicubic fits once to the upsampled LR images
         t0 = time.time()
-        targets = (self._targets_device(sr.decode(latents.latents)) if sr is not None
-                   else bicubic_upsample(self.lr_images, st.scale))
+        if st.mode == "3dsr":
+            targets = self._targets_device(sr.decode(self.last_x0, self.lr_images))
+        elif sr is not None:
+            targets = self._targets_device(sr.decode(latents.latents, self.lr_images))
+        else:
+            targets = bicubic_upsample(self.lr_images, st.scale)
         first = st.steps * st.iters_per_step + 1 if st.mode == "3dsr" else 1
         fit_result = None
         if st.total_iterations >= first:
