@@ -1,22 +1,18 @@
 """render.py --video on a tiny trained model: frame count, size, and the path starts and ends at the
 first and last train cameras (by name)."""
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+from cli import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
-def run(args, check=True):
-    proc = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+run = run_script
 
 
 @pytest.fixture(scope="module")

@@ -2,20 +2,14 @@
 their results exist; a method without SR weights is recorded as unavailable, not run."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from cli import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(args, check=True):
-    proc = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+run = run_script
 
 
 @pytest.fixture(scope="module")

@@ -4,23 +4,17 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from argparse import ArgumentParser, Namespace
 
 import pytest
 import torch
+from cli import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR_FACTOR = 4  # the LR model is trained on images_4 (64x48); x4 gives the full 256x192 images
 
 
-def run(args, check=True):
-    proc = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+run = run_script
 
 
 def tree_digest(folder):

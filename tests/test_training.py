@@ -2,19 +2,14 @@
 checkpoints resume; the CLIs refuse bad input with one line and a non-zero exit."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from cli import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(args, cwd=ROOT, check=True):
-    proc = subprocess.run([sys.executable] + args, cwd=cwd, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+run = run_script
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ Idempotent: exits at once when the manifest says everything is already converted
 Exit codes: 0 done / already present, 1 could not fetch or convert (one line says why).
 """
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -36,6 +35,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 
 from evaluation import metric_cache_dir  # noqa: E402
+from utils.system_utils import file_sha256  # noqa: E402
 
 MANIFEST_VERSION = 1
 PACKAGES = {
@@ -84,12 +84,6 @@ np.savez(sys.argv[2], **flat)
 """
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def pip_download(dest):
@@ -226,7 +220,7 @@ def already_done(cache):
         return False
     for name in OUTPUTS:
         p = os.path.join(cache, name)
-        if not os.path.isfile(p) or man.get("files", {}).get(name) != _sha256(p):
+        if not os.path.isfile(p) or man.get("files", {}).get(name) != file_sha256(p):
             return False
     return True
 
@@ -234,7 +228,7 @@ def already_done(cache):
 def convert(paths, cache, workdir):
     manifest = {"version": MANIFEST_VERSION, "sources": {}, "files": {}, "checks": {}}
     for name, p in paths.items():
-        manifest["sources"][PACKAGES[name][0]] = _sha256(p)
+        manifest["sources"][PACKAGES[name][0]] = file_sha256(p)
     os.makedirs(cache, exist_ok=True)
     for net in ("alex", "vgg"):
         heads = load_heads(paths["lpips"], net)
@@ -252,7 +246,7 @@ def convert(paths, cache, workdir):
     _save(os.path.join(cache, "niqe_pris_params.safetensors"), params,
           {"format": "NIQE MATLAB pristine params", "source": "basicsr==1.4.2 basicsr/metrics/niqe_pris_params.npz"})
     for name in OUTPUTS:
-        manifest["files"][name] = _sha256(os.path.join(cache, name))
+        manifest["files"][name] = file_sha256(os.path.join(cache, name))
     tmp = os.path.join(cache, "manifest.json.tmp")
     with open(tmp, "w") as f:
         json.dump(manifest, f, indent=1)

@@ -21,7 +21,6 @@ Exit codes: 0 done / already complete, 1 a source could not be fetched (one line
 """
 import argparse
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -35,6 +34,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from evaluation import cache_root  # noqa: E402
+from utils.system_utils import file_sha256  # noqa: E402
 
 MANIFEST_VERSION = 1
 MATE_NATURE = ("Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
@@ -52,12 +52,6 @@ class FetchError(Exception):
     pass
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run(cmd, cwd):
@@ -117,7 +111,7 @@ def gather(out, tmp):
         rel = os.path.join("photos", name + ext)
         shutil.copyfile(src_path, os.path.join(out, rel))
         photos.append({"name": name, "file": rel, "source": source, "licence": licence, "origin": origin,
-                       "sha256": sha256(os.path.join(out, rel)),
+                       "sha256": file_sha256(os.path.join(out, rel)),
                        "split": "heldout" if name in HELDOUT else "train"})
 
     # Debian: MATE nature photographs

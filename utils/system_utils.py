@@ -32,6 +32,16 @@ def atomic_write(path, mode="wb"):
         raise
 
 
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def mkdir_p(path):
     os.makedirs(path, exist_ok=True)
 
