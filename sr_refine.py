@@ -25,7 +25,8 @@ from scene import GaussianModel, Scene
 from scene.dataset_readers import read_scene
 from scene.scene import camera_from_info, resolve_iteration
 from training.fit import seed_everything
-from training.sr_loop import DEFAULT_RUN_NAMES, SRRefiner, SRSettings, clear_run, describe_log
+from training.sr_loop import (DEFAULT_RUN_NAMES, SRRefiner, SRSettings, check_published_update, clear_run,
+                              describe_log)
 from training.strategy import DensifyStrategy
 from utils.errors import ThreeDSRError
 from utils.system_utils import run_cli
@@ -105,7 +106,8 @@ def main(argv=None):
     final_iters = srp.iters_per_step if srp.final_iters < 0 else srp.final_iters
     settings = SRSettings(mode=srp.mode, scale=srp.scale, steps=srp.steps, iters_per_step=srp.iters_per_step,
                           final_iters=final_iters, lambda_lr=srp.lambda_lr, lambda_dssim=opt.lambda_dssim,
-                          eta=srp.eta, seed=args.seed, sr_model=srp.sr_model if srp.mode != "bicubic" else "")
+                          eta=srp.eta, seed=args.seed, sr_model=srp.sr_model if srp.mode != "bicubic" else "",
+                          published_update=srp.published_update)
     total = settings.total_iterations
     if opt.position_lr_max_steps < 0:
         opt.position_lr_max_steps = max(total, 1)
@@ -140,15 +142,20 @@ def main(argv=None):
         device = None if srp.sr_device == "auto" else srp.sr_device
         if is_stablesr_folder(sr_folder):  # StableSR-Turbo (sr/stablesr): scale-free, its own options
             opts = dict(scale=settings.scale, dec_w=srp.dec_w, colorfix=srp.colorfix, tile_size=srp.tile_size,
-                        tile_overlap=srp.tile_overlap, sr_batch=srp.sr_batch)
+                        tile_overlap=srp.tile_overlap, sr_batch=srp.sr_batch, text_encoder=srp.text_encoder,
+                        vae_tile=srp.vae_tile, vae_tile_overlap=srp.vae_tile_overlap)
         else:
             opts = dict(prompt=srp.prompt, guidance_scale=srp.guidance_scale, noise_level=srp.noise_level,
                         timestep_spacing=srp.timestep_spacing, sr_batch=srp.sr_batch, vae_tiling=srp.vae_tiling)
-        sr = load_sr_model(sr_folder, device, **opts)
+        try:
+            sr = load_sr_model(sr_folder, device, **opts)
+        except ValueError as exc:  # an option out of range (noise level, --dec_w, tiles, ...)
+            raise ThreeDSRError(f"{exc}; fix that flag") from None
         sr.name = srp.sr_model
         if int(sr.scale) != settings.scale:
             raise ThreeDSRError(f"--scale {settings.scale} but the SR model '{srp.sr_model}' upscales x{sr.scale}; "
                                 f"pass --scale {sr.scale} (and an LR model trained at a matching -r)")
+        check_published_update(settings, sr)
     if args.overwrite:
         clear_run(run_dir)
     os.makedirs(run_dir, exist_ok=True)

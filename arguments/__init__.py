@@ -116,14 +116,18 @@ class SRParams(ParamGroup):
         self.sr_weights = ""                # folder with stablesr_turbo.ckpt + vqgan_cfw_00011.ckpt (--sr_model stablesr-turbo)
         self.dec_w = 0.5                    # StableSR CFW fusion weight w in [0, 1] (3DSR: 0.5)
         self.colorfix = "wavelet"           # StableSR colour fix: wavelet | none
+        self.text_encoder = ""              # StableSR: diffusers SD-2.x folder for the empty-prompt embedding (cached)
         self.tile_size = 64                 # StableSR latent tile size (latent pixels; 64 = 512 image pixels)
         self.tile_overlap = 32              # StableSR latent tile overlap
+        self.vae_tile = 0                   # StableSR: VAE encode / CFW decode tile (pixels, x8; 0 = whole image)
+        self.vae_tile_overlap = 64          # StableSR: overlap of the VAE tiles (pixels, multiple of 8)
         self.timestep_spacing = "trailing"
         self.steps = 4                      # denoising steps (the paper's StableSR-Turbo uses 4)
         self.iters_per_step = 5000          # Gaussian fitting iterations per step (the paper's K)
         self.final_iters = -1               # fit on the final images; -1 = iters_per_step
         self.lambda_lr = 1.0                # weight of the LR-consistency term
         self.eta = 0.0                      # DDIM eta: 0 deterministic, 1 DDPM-like
+        self.published_update = False       # StableSR: the published 3DSR code's update (stale x_T, DDPM step)
         self.no_densify = False
         self.no_hr_test = False             # skip loading HR test views for the per-step test PSNR
         self.no_step_images = False         # skip writing sr/<name>/step_<k>/{decoded,renders}

@@ -79,12 +79,12 @@ def load_lr(model):
     return gaussians, Scene(cfg, gaussians, load_iteration=-1)
 
 
-def make_refiner(model, run_dir, settings, sr, opt, densify=True, hr_test=(), save_images=False):
+def make_refiner(model, run_dir, settings, sr, opt, densify=True, hr_test=(), save_images=False, views=None):
     from training.sr_loop import SRRefiner
     from training.strategy import DensifyStrategy
     gaussians, scene = load_lr(model)
     strategy = DensifyStrategy.from_opt(opt) if densify else None
-    return SRRefiner(settings, gaussians, scene.train_cameras, opt=opt, pipe=Namespace(backend="auto", debug=False),
+    return SRRefiner(settings, gaussians, scene.train_cameras[:views], opt=opt, pipe=Namespace(backend="auto", debug=False),
                      background=torch.zeros(3), kernel_size=0.1, scene_extent=scene.cameras_extent,
                      run_dir=run_dir, ply_path=os.path.join(run_dir, "point_cloud.ply"), sr=sr,
                      strategy=strategy, hr_test_cameras=hr_test, save_images=save_images, progress=False)
@@ -302,6 +302,58 @@ def test_resume_refuses_other_settings(lr_model, tiny_sr_folder, one_thread, tmp
         make_refiner(lr_model, str(tmp_path / "r"), other, sr, opt, densify=False).run(resume=True)
 
 
+def test_published_update_resumes_bit_identical_and_needs_stablesr(lr_model, tiny_sr_folder, one_thread, tmp_path):
+    """--published_update (StableSR-Turbo, tiny oracle weights): differs from the default update, a run
+    killed inside step 3's fit resumes bit-identical (x_T travels in the checkpoint), the setting must
+    match to resume, and other models / modes refuse it."""
+    from sr.loading import load_sr_model
+    from sr.stablesr.testing import save_tiny_weights
+    from training.sr_loop import SRSettings
+    from utils.errors import ThreeDSRError
+
+    weights = save_tiny_weights(str(tmp_path / "w"), os.path.join(ROOT, "tests", "fixtures", "stablesr-tiny",
+                                                                  "manifest.json"))
+    sr = load_sr_model("stablesr-turbo", "cpu", sr_weights=weights)
+    settings = SRSettings(mode="3dsr", steps=4, iters_per_step=2, final_iters=1, seed=3, published_update=True)
+    opt = fit_options(settings.total_iterations, densify=False)
+    ref = make_refiner(lr_model, str(tmp_path / "ref"), settings, sr, opt, densify=False, views=1)
+    ref_log = ref.run()
+    default = make_refiner(lr_model, str(tmp_path / "default"), SRSettings(**{**settings.__dict__,
+                                                                               "published_update": False}),
+                           sr, opt, densify=False, views=1)
+    default_log = default.run()
+    assert ref_log["steps"][-1]["fit_loss"] != default_log["steps"][-1]["fit_loss"]
+    assert ref_log["settings"]["published_update"] is True
+
+    run_dir = str(tmp_path / "killed")
+    first = make_refiner(lr_model, run_dir, settings, sr, opt, densify=False, views=1)
+    kill_at(first, 2 * 2 + 1)
+    with pytest.raises(Killed):
+        first.run()
+    ckpt = torch.load(os.path.join(run_dir, "step_2", "checkpoint.pth"), weights_only=False)
+    assert ckpt["latents"]["extra"]["x_T"].shape == ckpt["latents"]["latents"].shape
+    with pytest.raises(ThreeDSRError, match="published_update"):
+        make_refiner(lr_model, run_dir, SRSettings(**{**settings.__dict__, "published_update": False}), sr, opt,
+                     densify=False, views=1).run(resume=True)
+    resumed = make_refiner(lr_model, run_dir, settings, sr, opt, densify=False, views=1)
+    resumed.run(resume=True)
+    for key, value in ref.gaussians.params.items():
+        assert torch.equal(value, resumed.gaussians.params[key]), key
+    with open(os.path.join(run_dir, "point_cloud.ply"), "rb") as a, \
+            open(os.path.join(str(tmp_path / "ref"), "point_cloud.ply"), "rb") as b:
+        assert a.read() == b.read()
+
+    with pytest.raises(ThreeDSRError, match="stablesr-turbo"):
+        make_refiner(lr_model, str(tmp_path / "x4"), settings, load_sr_model(tiny_sr_folder, "cpu"), opt,
+                     densify=False, views=1)
+    with pytest.raises(ThreeDSRError, match="--steps 4"):
+        make_refiner(lr_model, str(tmp_path / "s2"), SRSettings(**{**settings.__dict__, "steps": 2}), sr, opt,
+                     densify=False, views=1)
+    for bad in ({"mode": "per-view"}, {"eta": 1.0}):
+        with pytest.raises(ThreeDSRError, match="published_update"):
+            SRSettings(**{**settings.__dict__, **bad})
+
+
 # ---- bad input -----------------------------------------------------------------------------------------
 def expect_error(args, needle):
     proc = run(args, check=False)
@@ -321,6 +373,8 @@ def test_bad_inputs_fail_cleanly(lr_model, tiny_scene, tiny_sr_folder, tmp_path)
     expect_error(base + ["--sr_model", tiny_sr_folder, "--scale", "3"], "does not divide")
     expect_error(base + ["--sr_model", tiny_sr_folder, "--scale", "2"], "upscales x4")
     expect_error(base + ["--mode", "nonsense"], "unknown --mode")
+    expect_error(base + ["--mode", "per-view", "--sr_model", tiny_sr_folder, "--published_update"],
+                 "--published_update applies to --mode 3dsr")
     assert tree_digest(model) == digest  # nothing written, nothing lost
 
     # a model folder with no trained point cloud

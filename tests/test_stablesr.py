@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytest.importorskip("diffusers")
 
@@ -20,7 +21,7 @@ from sr.stablesr.model import StableSRModel, build_from_state_dicts  # noqa: E40
 from sr.stablesr.sampling import predict_x0, sample_canvas  # noqa: E402
 from sr.stablesr.schedule import RespacedSchedule  # noqa: E402
 from sr.stablesr.testing import rebuild_fixture_state_dicts, save_tiny_weights  # noqa: E402
-from utils.errors import ModelNotFoundError  # noqa: E402
+from utils.errors import ModelNotFoundError, ThreeDSRError  # noqa: E402
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "stablesr-tiny")
 MANIFEST = os.path.join(FIXTURE, "manifest.json")
@@ -188,6 +189,47 @@ def test_e_published_3dsr_loop_one_view(model, ref):
     assert_close(ref, "e96_s3_cfw", sr.decode_signed(x0, lr))
 
 
+@torch.no_grad()
+def test_e_published_update_through_the_3dsr_loop(model, ref, monkeypatch, tmp_path):
+    """SRRefiner with --published_update (its x_T start, per-step fresh LR-latent noise, predict, and the
+    stale-x_T DDPM posterior update) and the 3D fit replaced by identity reproduces part (e)."""
+    import sr.stablesr.adapter as adapter
+    from scene.cameras import Camera
+    from training.sr_loop import SRRefiner, SRSettings
+    tile, overlap = (int(v) for v in ref["d96_tile"])
+    sr = adapter.StableSRTurbo(model, device="cpu", dtype=torch.float32, tile_size=tile, tile_overlap=overlap,
+                               tile_batch=2)
+    monkeypatch.setattr(adapter, "_PAD", 32)  # the oracle's 96x128 view is unpadded
+    sr.upsampled_lr = lambda lr: T(ref, "lr96x128")  # the oracle's upsampled LR view
+    cam = Camera(uid=0, image_name="v0", world_to_camera=torch.eye(4), fx=20.0, fy=20.0, cx=16.0, cy=12.0,
+                 width=32, height=24, image=torch.rand(3, 24, 32))
+    settings = SRSettings(mode="3dsr", steps=4, iters_per_step=0, final_iters=0, published_update=True)
+    refiner = SRRefiner(settings, None, [cam], opt=None, pipe=None, background=None, kernel_size=0.1,
+                        scene_extent=1.0, run_dir=str(tmp_path), ply_path=str(tmp_path / "p.ply"), sr=sr,
+                        save_images=False, progress=False)
+    names = {("enc_lr", 0): "e96_s0_enc_noise_lr", ("noise_T", 0): "e96_noise_T"}
+    for s in (1, 2, 3):
+        names.update({("enc_lr", s): f"e96_s{s}_enc_noise_lr", ("enc_render", s - 1): f"e96_s{s}_enc_noise_render",
+                      ("post", s - 1): f"e96_s{s}_post_noise"})
+    refiner._published_noise = lambda what, step: (T(ref, names[what, step]) if (what, step) in names
+                                                   else torch.zeros(1, 4, 12, 16))
+
+    def identity_fit(x0, k, t):  # the renders are the decoded proposals
+        decoded = sr.decode(x0, refiner.lr_images)
+        return {"z": None, "decoded": decoded, "renders": decoded, "fit": None}
+
+    latents = refiner._published_start()
+    x_T = latents.latents.clone()
+    assert_close(ref, "e96_x_T", x_T)
+    for s in range(4):
+        out = refiner.sampler_step(latents, identity_fit)
+        assert_close(ref, f"e96_s{s}_x0_head", out["x0"])
+        assert_close(ref, f"e96_s{s}_sr01", out["decoded"])
+        if s < 3:
+            assert_close(ref, f"e96_s{s + 1}_x_t", latents.latents)
+    assert torch.equal(latents.extra["x_T"], x_T)  # the start latent, kept for every update
+
+
 # ---- negative controls: the fixture has teeth ----------------------------------------------------------
 
 @torch.no_grad()
@@ -285,6 +327,93 @@ def test_loader_reads_ckpt_and_safetensors_and_rejects_bad_checkpoints(state_dic
     (empty / "vqgan_cfw_00011.ckpt").write_bytes(b"")
     with pytest.raises(ModelNotFoundError, match="cannot read checkpoint"):
         StableSRTurbo.from_folder(str(empty))
+
+
+# ---- the empty-prompt embedding from an SD-2.x text encoder folder -------------------------------------
+
+def test_empty_prompt_embedding_from_a_text_encoder_folder(tmp_path):
+    """The penultimate-layer rule (FrozenOpenCLIPEmbedder layer="penultimate"): diffusers' 23-layer SD-2
+    copy's last hidden state equals the full 24-layer encoder's penultimate one through the final
+    LayerNorm; --text_encoder computes it once and caches it in the weights folder."""
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sr import load_sr_model
+    from sr.stablesr.model import CONTEXT_FILE
+    from sr.stablesr.text import empty_prompt_embedding
+    from sr.testing import tiny_clip_text
+
+    tokenizer, _ = tiny_clip_text(TINY.unet.context_dim)
+    base = dict(vocab_size=len(tokenizer), hidden_size=TINY.unet.context_dim, intermediate_size=37,
+                num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        full = CLIPTextModel(CLIPTextConfig(num_hidden_layers=24, **base)).eval()
+    cut = CLIPTextModel(CLIPTextConfig(num_hidden_layers=23, **base)).eval()  # diffusers' SD-2 layout
+    missing = cut.load_state_dict({k: v for k, v in full.state_dict().items() if ".layers.23." not in k})
+    assert not missing.missing_keys
+    ids = tokenizer("", padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
+    assert ids[:2].tolist() == [tokenizer.bos_token_id, tokenizer.eos_token_id] and ids.shape == (77,)
+    want = empty_prompt_embedding(tokenizer, full)
+    assert want.shape == (1, 77, TINY.unet.context_dim)
+    torch.testing.assert_close(empty_prompt_embedding(tokenizer, cut), want, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # teeth: the last layer's output is something else
+        assert (full(input_ids=ids[None]).last_hidden_state - want).abs().max() > 1e-2
+
+    sd21 = tmp_path / "sd21"
+    cut.save_pretrained(str(sd21 / "text_encoder"))
+    tokenizer.save_pretrained(str(sd21 / "tokenizer"))
+    weights = save_tiny_weights(str(tmp_path / "w"), MANIFEST)
+    assert not os.path.exists(os.path.join(weights, CONTEXT_FILE))
+    with pytest.raises(ModelNotFoundError, match="no text_encoder/"):
+        load_sr_model("stablesr-turbo", "cpu", sr_weights=weights, text_encoder=str(tmp_path))
+    sr = load_sr_model("stablesr-turbo", "cpu", sr_weights=weights, text_encoder=str(sd21))
+    cached = load_file(os.path.join(weights, CONTEXT_FILE))["context"]
+    torch.testing.assert_close(cached, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(sr.model.context, cached)
+    assert [f for f in os.listdir(weights) if f.endswith(".tmp")] == []
+    # later runs read the cache (the text encoder is not needed again)
+    again = load_sr_model("stablesr-turbo", "cpu", sr_weights=weights, text_encoder=str(tmp_path / "gone"))
+    assert torch.equal(again.model.context, cached)
+
+
+# ---- tiled VAE encode / CFW decode (--vae_tile) ---------------------------------------------------------
+
+def test_vae_tiling_blends_exactly_for_local_maps_and_approximates_the_tiny_vae():
+    """The tiler (spans, ramps, placement, normalisation) is exact for maps without spatial context; on
+    the tiny oracle autoencoders tiled encode/decode stay close to untiled (GroupNorm statistics and the
+    VAE's mid-block attention are per tile, so not equal), and a tile covering the image is untiled."""
+    from sr.stablesr.adapter import StableSRTurbo
+    from sr.stablesr.vae_tiling import check_tiling, tile_spans, tiled_decode, tiled_encode
+    g = torch.Generator().manual_seed(0)
+    assert tile_spans(24, 8, 4) == [(0, 8), (4, 8), (8, 8), (12, 8), (16, 8)]
+    assert tile_spans(22, 8, 4) == [(0, 8), (4, 8), (8, 8), (12, 8), (14, 8)] and tile_spans(6, 8, 4) == [(0, 6)]
+    proj = torch.randn(8, 3, generator=g)
+    enc = lambda x: torch.einsum("oc,bchw->bohw", proj, F.avg_pool2d(x, 8))  # noqa: E731
+    dec = lambda z, gd: z[:, :3].repeat_interleave(8, -2).repeat_interleave(8, -1) * gd  # noqa: E731
+    img = torch.rand(2, 3, 136, 200, generator=g)
+    torch.testing.assert_close(tiled_encode(enc, img, 64, 24), enc(img), rtol=1e-5, atol=1e-6)
+    z = torch.randn(2, 8, 17, 25, generator=g)
+    torch.testing.assert_close(tiled_decode(dec, z, img, 64, 24), dec(z, img), rtol=1e-5, atol=1e-6)
+    for bad in ((60, 8), (64, 12), (64, 64), (-8, 0)):
+        with pytest.raises(ThreeDSRError, match="vae_tile"):
+            check_tiling(*bad)
+
+    sd, cfw = rebuild_fixture_state_dicts(MANIFEST)
+    model = build_from_state_dicts(sd, cfw, TINY)
+    lr = torch.rand(1, 3, 32, 48, generator=g)  # HR 128x192: latent 16x24
+    hr = torch.rand(1, 3, 128, 192, generator=g)
+    plain = StableSRTurbo(model, tile_size=8, tile_overlap=4)
+    whole = StableSRTurbo(model, tile_size=8, tile_overlap=4, vae_tile=192, vae_tile_overlap=64)
+    tiled = StableSRTurbo(model, tile_size=8, tile_overlap=4, vae_tile=128, vae_tile_overlap=64)
+    z = plain.encode(hr, lr)
+    assert torch.equal(whole.encode(hr, lr), z) and torch.equal(whole.decode(z, lr), plain.decode(z, lr))
+    zt = tiled.encode(hr, lr)
+    assert float((zt - z).abs().mean()) < 0.02 * float(z.abs().max())
+    d, dt = plain.decode(z, lr), tiled.decode(z, lr)
+    assert dt.shape == d.shape == (1, 3, 128, 192) and float((dt - d).abs().mean()) < 0.05
 
 
 # ---- the DiffusionSR adapter -------------------------------------------------------------------------

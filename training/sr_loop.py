@@ -63,6 +63,7 @@ class SRSettings:
     eta: float = 0.0
     seed: int = 0
     sr_model: str = ""
+    published_update: bool = False  # the published 3DSR code's update (see SRRefiner.sampler_step)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -74,6 +75,9 @@ class SRSettings:
             raise ThreeDSRError("--iters_per_step and --final_iters must not be negative")
         if not 0.0 <= self.eta <= 1.0:
             raise ThreeDSRError(f"--eta must be in [0, 1], got {self.eta}")
+        if self.published_update and (self.mode != "3dsr" or self.eta != 0.0):
+            raise ThreeDSRError("--published_update applies to --mode 3dsr only and has its own DDPM noise "
+                                f"(got --mode {self.mode} --eta {self.eta}); drop it or use --mode 3dsr --eta 0")
 
     @property
     def total_iterations(self) -> int:
@@ -82,6 +86,18 @@ class SRSettings:
     @property
     def uses_diffusion(self) -> bool:
         return self.mode != "bicubic"
+
+
+def check_published_update(settings: SRSettings, sr):
+    """--published_update needs a model with the published 3DSR update (StableSR-Turbo) and its schedule."""
+    if not settings.published_update:
+        return
+    steps = getattr(sr, "published_num_steps", None)
+    if steps is None:
+        raise ThreeDSRError(f"--published_update needs StableSR-Turbo (--sr_model stablesr-turbo); "
+                            f"'{getattr(sr, 'name', sr)}' has no published 3DSR update")
+    if int(settings.steps) != int(steps):
+        raise ThreeDSRError(f"--published_update runs the model's {steps}-step schedule; pass --steps {steps}")
 
 
 def bicubic_upsample(images: torch.Tensor, scale: int) -> torch.Tensor:
@@ -170,6 +186,7 @@ class SRRefiner:
         self.generator = torch.Generator().manual_seed(int(settings.seed))  # x_T and DDIM noise
         self.log: List[dict] = []
         self.last_x0: Optional[torch.Tensor] = None  # the last step's clean estimate (3DSR's final targets)
+        check_published_update(settings, self.sr)
 
     # ---- pieces --------------------------------------------------------------------------------
     def fit(self, targets: torch.Tensor, first: int, last: int, desc: str):
@@ -256,8 +273,8 @@ class SRRefiner:
         if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
             raise ModelNotFoundError(f"{path} is not an SR checkpoint; pass --overwrite to start again")
         ours = dataclasses.asdict(self.settings)
-        diff = [f"{k} {payload['settings'].get(k)!r} -> {v!r}" for k, v in ours.items()
-                if payload["settings"].get(k) != v]
+        saved = {**dataclasses.asdict(SRSettings()), **payload["settings"]}  # fields added since: defaults
+        diff = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in ours.items() if saved.get(k) != v]
         if diff:
             raise ThreeDSRError(f"{path} was written with other settings ({'; '.join(diff)}); rerun with the "
                                 "same flags to resume, or pass --overwrite to start again")
@@ -278,11 +295,35 @@ class SRRefiner:
         """x_{t_prev} = DDIM(z, eps, t, t_prev, eta) for every view, where (x0, eps) = predict(x_t, t) and
         z = estimate(x0, k, t)["z"]; stores x_{t_prev} in `latents` and returns what `estimate` made."""
         t, t_prev = latents.current()
+        if self.settings.published_update and latents.step > 0:  # fresh LR-latent sample every step
+            latents.cond_noise = self._published_noise("enc_lr", latents.step)
         x0, eps = self.sr.predict(latents.latents, t, self.lr_images, latents.cond_noise)
         out = estimate(x0, latents.step + 1, t)
         out["x0"] = x0
-        latents.advance(self.sr.step(out["z"], eps, t, t_prev, self.settings.eta, self.generator))
+        if self.settings.published_update:
+            # the published 3DSR code: x = coef1 E(renders) + coef2 x_T + sigma n (DDPM posterior from the
+            # stale x_T of step 0, E a posterior sample with fresh noise); eps is not used
+            enc = self._published_noise("enc_render", latents.step)
+            post = self._published_noise("post", latents.step) if t_prev >= 0 else None
+            x_T = latents.extra["x_T"].to(latents.latents.device)
+            latents.advance(self.sr.published_update(out["renders"], x_T, t, enc, post).float())
+        else:
+            latents.advance(self.sr.step(out["z"], eps, t, t_prev, self.settings.eta, self.generator))
         return out
+
+    def _published_noise(self, what: str, step: int) -> torch.Tensor:
+        """N(0, I) of the latents' shape from the sampling generator, for the published update (`what`
+        and `step` name the draw: tests substitute the oracle's noises here)."""
+        shape = self.sr.latent_shape(tuple(self.lr_images.shape))
+        return torch.randn(shape, generator=self.generator, dtype=torch.float32).to(self.sr.device)
+
+    def _published_start(self) -> ViewLatents:
+        """x_T as the published code makes it; its LR-latent sample is step 0's structure condition,
+        and x_T is kept (latents.extra, in the step checkpoint) for every later update."""
+        enc, noise = self._published_noise("enc_lr", 0), self._published_noise("noise_T", 0)
+        x_T = self.sr.start_latents(self.lr_images, enc, noise)
+        return ViewLatents(latents=x_T, timesteps=self.sr.timesteps(self.settings.steps), cond_noise=enc,
+                           view_names=list(self.names), model_name=self.sr.name, extra={"x_T": x_T.detach().cpu()})
 
     def _replace_x0(self, x0, k, t) -> dict:
         """3DSR: fit the Gaussians to the decoded proposals, and use the encoded renders as z."""
@@ -291,7 +332,8 @@ class SRRefiner:
         first = (k - 1) * st.iters_per_step + 1
         fit = self.fit(decoded, first, first + st.iters_per_step - 1, desc=f"step {k}/{st.steps} t={t} fit")
         renders = self.render_all()
-        return {"z": self.sr.encode(renders, self.lr_images), "decoded": decoded, "renders": renders, "fit": fit}
+        z = None if st.published_update else self.sr.encode(renders, self.lr_images)
+        return {"z": z, "decoded": decoded, "renders": renders, "fit": fit}
 
     def _keep_x0(self, x0, k, t) -> dict:
         """Plain per-view sampling: z = x0 (decoded only to save the proposals)."""
@@ -307,6 +349,8 @@ class SRRefiner:
         if ckpt is not None:
             latents, elapsed = self._load_checkpoint(ckpt)
             print(f"Resuming {self.run_dir} after denoising step {latents.step}/{latents.num_steps}")
+        elif sr is not None and st.published_update:
+            latents = self._published_start()
         elif sr is not None:
             latents = ViewLatents.create(sr, self.lr_images, st.steps, self.generator, self.names)
         if self.gaussians.optimizer is None:

@@ -11,7 +11,8 @@ VAE, and that LR latent conditions the UNet through the structure encoder. Per v
 z_lr' is the LR latent with the view's own posterior-noise draw (`init_cond_noise`), fixed for the run.
 Steps are our DDIM step (sr.sampler) on the respaced timesteps 999, 666, 333, 0. The published 3DSR
 loop's own update (DDPM posterior from the stale x_T, fresh encoder noise every step) is available as
-`published_step` for reproducing the paper (tests/test_stablesr.py, part e).
+`published_step` / `published_update` for reproducing the paper (sr_refine.py --published_update;
+tests/test_stablesr.py, part e).
 """
 import math
 import os
@@ -21,28 +22,34 @@ import torch
 import torch.nn.functional as F
 
 from sr.base import DiffusionSR
+from sr.stablesr.autoencoder import gaussian_sample
 from sr.stablesr.colorfix import wavelet_color_fix
 from sr.stablesr.config import StableSRConfig
 from sr.stablesr.model import CONTEXT_FILE, StableSRModel, build_from_state_dicts, find_weight_files
+from sr.stablesr.vae_tiling import check_tiling, tiled_decode, tiled_encode
 from utils.errors import ModelNotFoundError
 
 SHORT_NAME = "stablesr-turbo"
 COLORFIX = ("wavelet", "none")
-OPTIONS = ("scale", "dec_w", "colorfix", "tile_size", "tile_overlap", "tile_batch", "sr_batch")
+OPTIONS = ("scale", "dec_w", "colorfix", "tile_size", "tile_overlap", "tile_batch", "sr_batch", "vae_tile",
+           "vae_tile_overlap")
 _PAD = 64  # pixels: the UNet downsamples the latent (1/8) three times
 
 
 class StableSRTurbo(DiffusionSR):
     """Options: scale (LR -> HR factor, 4), dec_w (CFW fusion weight w in [0, 1], 0.5 as 3DSR),
     colorfix ("wavelet" | "none"), tile_size / tile_overlap (latent pixels, 64 / 32 as released; a latent
-    smaller than a tile runs untiled), tile_batch (tiles per UNet call), sr_batch (views per call)."""
+    smaller than a tile runs untiled), tile_batch (tiles per UNet call), sr_batch (views per call),
+    vae_tile / vae_tile_overlap (pixels, multiples of 8; 0 = whole images): tiled VAE encode and CFW decode
+    for a memory bound at large outputs (sr.stablesr.vae_tiling)."""
 
     prediction_type = "epsilon"
     timestep_spacing = "linspace"  # 4 steps: 999, 666, 333, 0 (the respaced StableSR-Turbo steps)
 
     def __init__(self, model: StableSRModel, *, name: str = SHORT_NAME, device="cpu", dtype=torch.float32,
                  scale: int = 4, dec_w: float = 0.5, colorfix: str = "wavelet", tile_size: int = 64,
-                 tile_overlap: int = 32, tile_batch: int = 4, sr_batch: int = 1):
+                 tile_overlap: int = 32, tile_batch: int = 4, sr_batch: int = 1, vae_tile: int = 0,
+                 vae_tile_overlap: int = 64):
         if colorfix not in COLORFIX:
             raise ValueError(f"unknown colour fix '{colorfix}'; use one of {', '.join(COLORFIX)}")
         if not 0.0 <= float(dec_w) <= 1.0:
@@ -58,6 +65,8 @@ class StableSRTurbo(DiffusionSR):
         self.dec_w, self.colorfix = float(dec_w), colorfix
         self.tile_size, self.tile_overlap, self.tile_batch = int(tile_size), int(tile_overlap), int(tile_batch)
         self.sr_batch = max(1, int(sr_batch))
+        check_tiling(int(vae_tile), int(vae_tile_overlap) if vae_tile else 0)
+        self.vae_tile, self.vae_tile_overlap = int(vae_tile), int(vae_tile_overlap)
         self.alphas_cumprod = model.schedule.alphas_cumprod_1000.clone()
         self.final_alpha_cumprod = 1.0
         self._guidance = None  # (lr_images, upsampled padded [-1, 1] images)
@@ -65,7 +74,9 @@ class StableSRTurbo(DiffusionSR):
     # ---- loading ----------------------------------------------------------------------------
     @classmethod
     def from_folder(cls, folder: str, device="cpu", dtype=torch.float32, *, name: Optional[str] = None,
-                    prompt: str = "", **opts) -> "StableSRTurbo":
+                    prompt: str = "", text_encoder: str = "", **opts) -> "StableSRTurbo":
+        """text_encoder: a diffusers SD-2.x folder to compute the empty-prompt embedding from when the
+        weights folder has none cached (sr.stablesr.text); the result is cached there."""
         from sr.stablesr.convert import read_checkpoint
         unknown = sorted(set(opts) - set(OPTIONS))
         if unknown:
@@ -74,6 +85,9 @@ class StableSRTurbo(DiffusionSR):
             raise ModelNotFoundError(f"{SHORT_NAME} runs with the empty prompt only; drop --prompt")
         sd_path, cfw_path = find_weight_files(folder)
         cfg = StableSRConfig.for_folder(folder)
+        if text_encoder and not os.path.isfile(os.path.join(folder, CONTEXT_FILE)):
+            from sr.stablesr.text import cache_empty_prompt_embedding
+            cache_empty_prompt_embedding(folder, text_encoder, cfg.context_tokens, cfg.unet.context_dim, CONTEXT_FILE)
         context = load_empty_prompt_context(folder, cfg)
         model = build_from_state_dicts(read_checkpoint(sd_path), read_checkpoint(cfw_path), cfg, context,
                                        sources=(sd_path, cfw_path))
@@ -114,10 +128,20 @@ class StableSRTurbo(DiffusionSR):
 
     # ---- latents ----------------------------------------------------------------------------
     def _lr_latent(self, up: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
-        with torch.no_grad():
-            if noise is None:
-                return self.model.encode_mean(up)
-            return self.model.encode_sample(up, noise.to(self.device))
+        return self._encode(up, noise)
+
+    @torch.no_grad()
+    def _encode(self, images: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """scale_factor x the SD-VAE posterior mean (noise None) or sample of images in [-1, 1] (padded
+        size), on pixel tiles when `vae_tile` is set."""
+        images = images.to(self.device, torch.float32)
+        if self.vae_tile:
+            moments = tiled_encode(self.model.encode_moments, images, self.vae_tile, self.vae_tile_overlap)
+        else:
+            moments = self.model.encode_moments(images)
+        if noise is None:
+            return self.model.config.scale_factor * moments.chunk(2, dim=1)[0]
+        return self.model.config.scale_factor * gaussian_sample(moments, noise.to(self.device))
 
     def init_cond_noise(self, lr_images, generator=None):
         """Each view's posterior noise for its LR latent (the structure condition), drawn once."""
@@ -128,8 +152,12 @@ class StableSRTurbo(DiffusionSR):
         from `generator`), float32 [B, 4, H/8, W/8]."""
         shape = self.latent_shape(tuple(lr_images.shape))
         enc_noise, noise = self._randn(shape, generator), self._randn(shape, generator)
+        return self.start_latents(lr_images, enc_noise, noise)
+
+    def start_latents(self, lr_images, enc_noise: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_T = q_sample(posterior sample of the LR latent with `enc_noise`, `noise`) at t = 999."""
         z = torch.cat([self._lr_latent(up, enc_noise[sl]) for sl, up in self._up_chunks(lr_images)])
-        return self.model.schedule.q_sample_start(z, noise)
+        return self.model.schedule.q_sample_start(z, noise.to(self.device))
 
     def _randn(self, shape, generator):
         gen_device = generator.device if generator is not None else self.device
@@ -166,7 +194,12 @@ class StableSRTurbo(DiffusionSR):
         out = []
         for sl in self._chunks(x0.shape[0]):
             g = guide[sl].to(self.device, torch.float32)
-            dec = self.model.decode(x0[sl].to(self.device, torch.float32), g, self.dec_w)
+            z = x0[sl].to(self.device, torch.float32)
+            if self.vae_tile:
+                dec = tiled_decode(lambda zt, gt: self.model.decode(zt, gt, self.dec_w), z, g, self.vae_tile,
+                                   self.vae_tile_overlap)
+            else:
+                dec = self.model.decode(z, g, self.dec_w)
             out.append(wavelet_color_fix(dec, g) if self.colorfix == "wavelet" else dec)
         return torch.cat(out)
 
@@ -185,18 +218,39 @@ class StableSRTurbo(DiffusionSR):
         out = []
         for sl in self._chunks(images.shape[0]):
             x = self._pad(images[sl].to(self.device, torch.float32) * 2.0 - 1.0)
-            out.append(self.model.encode_mean(x))
+            out.append(self._encode(x))
         return torch.cat(out)
 
     # ---- the published 3DSR loop's update (compatibility) -------------------------------------
+    @property
+    def published_num_steps(self) -> int:
+        """Denoising steps of the published update (the model's respaced schedule: 4)."""
+        return self.model.schedule.num_steps
+
     @torch.no_grad()
     def published_step(self, render_signed: torch.Tensor, x_start: torch.Tensor, k: int,
                        enc_noise: torch.Tensor, post_noise: Optional[torch.Tensor]) -> torch.Tensor:
         """3DSR `train_proposed`: x = coef1[k] E(render) + coef2[k] x_T + sigma_k n, with E a posterior
         *sample* of the render ([-1, 1], padded size) and x_T the start latent of step 0 (stale), k the
         respaced index being left (3, 2, 1)."""
-        z = self.model.encode_sample(render_signed.to(self.device, torch.float32), enc_noise)
-        return self.model.schedule.posterior(z, x_start, k, post_noise)
+        z = self._encode(render_signed, enc_noise)
+        return self.model.schedule.posterior(z, x_start.to(self.device), k, post_noise)
+
+    def published_update(self, renders: torch.Tensor, x_start: torch.Tensor, t: int, enc_noise: torch.Tensor,
+                         post_noise: Optional[torch.Tensor]) -> torch.Tensor:
+        """`published_step` for every view leaving original timestep t: renders [B, 3, H, W] in [0, 1] at
+        the HR size, x_start the views' x_T, noises float32 of the latents' shape (post_noise unused at
+        t = 0). Needs the model's own 4-step schedule (sr_refine.py --steps 4)."""
+        ts = self.model.schedule.ori_timesteps.tolist()
+        if int(t) not in ts:
+            raise ValueError(f"the published update runs on the timesteps {ts[::-1]}, not {int(t)}")
+        k = ts.index(int(t))
+        out = []
+        for sl in self._chunks(renders.shape[0]):
+            signed = self._pad(renders[sl].to(self.device, torch.float32) * 2.0 - 1.0)
+            out.append(self.published_step(signed, x_start[sl], k, enc_noise[sl],
+                                           None if post_noise is None else post_noise[sl]))
+        return torch.cat(out)
 
 
 def load_empty_prompt_context(folder: str, cfg: StableSRConfig) -> Optional[torch.Tensor]:
@@ -205,7 +259,7 @@ def load_empty_prompt_context(folder: str, cfg: StableSRConfig) -> Optional[torc
     path = os.path.join(folder, CONTEXT_FILE)
     if not os.path.isfile(path):
         print(f"[sr] {folder} has no {CONTEXT_FILE}: using a zero empty-prompt embedding "
-              "(see README, StableSR-Turbo, for computing the real one)")
+              "(pass --text_encoder SD21_FOLDER once to compute and cache the real one; see README)")
         return None
     from safetensors.torch import load_file
     try:
