@@ -4,8 +4,8 @@
 # render the test views at HR (images_2), metrics, results table and figures.
 # Usage: bash scripts/synthetic.sh [--quick] [OUT_ROOT] [-- run_scene.py flags]
 #   --quick: a 480x360 scene and short schedules (a few minutes on 2 CPU cores); default: 960x720.
-#   SR_MODEL=... picks the diffusion SR model (default sd-x4-upscaler, used only if its weights are
-#   on this machine; otherwise the per-view SR and 3DSR rows say "unavailable" and why).
+#   SR_MODEL=... picks the diffusion SR model (default embedded-x4, the small prior shipped in models/;
+#   sd-x4-upscaler or a folder where present; missing weights make those rows say "unavailable").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 QUICK=0; OUT=""; EXTRA=()
@@ -20,7 +20,7 @@ done
 bash scripts/setup.sh || exit 1
 . .venv/bin/activate
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-SR_MODEL=${SR_MODEL:-sd-x4-upscaler}
+SR_MODEL=${SR_MODEL:-embedded-x4}
 if [ "$QUICK" = 1 ]; then
   OUT=${OUT:-output/synthetic_quick}; SCENE=data/synthetic_quick
   [ -d "$SCENE/sparse" ] || python tools/make_scene.py --out "$SCENE" --width 480 --height 360 --views 16 --quiet || exit 1

@@ -1,6 +1,7 @@
 """`load_sr_model`: a short name, a Hugging Face hub id or a local diffusers folder -> a DiffusionSR.
 
 Resolution order for `name_or_path`:
+  0. a model shipped in this repository (`EMBEDDED_MODELS`, e.g. "embedded-x4" -> models/embedded-x4);
   1. an existing folder: a diffusers pipeline folder (model_index.json + component subfolders);
   2. a short name from `KNOWN_MODELS` ("sd-x4-upscaler") -> its hub id;
   3. a hub id "org/name" -> its snapshot in the local Hugging Face cache (never downloaded: these
@@ -21,6 +22,9 @@ from utils.errors import ModelNotFoundError
 KNOWN_MODELS = {
     "sd-x4-upscaler": "stabilityai/stable-diffusion-x4-upscaler",
 }
+# Models shipped with the repository: short name -> folder relative to the repository root.
+EMBEDDED_MODELS = {"embedded-x4": os.path.join("models", "embedded-x4")}
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Models whose weights are not a diffusers folder: short name -> how to get them (see sr/stablesr).
 WEIGHTS_FOLDER_MODELS = {"stablesr-turbo": "stablesr_turbo.ckpt + vqgan_cfw_00011.ckpt from the StableSR authors' "
@@ -61,6 +65,12 @@ def resolve_sr_model(name_or_path: str, cache_dir: Optional[str] = None, sr_weig
     """The local folder holding `name_or_path`'s weights, or ModelNotFoundError (see module docstring).
     Models of `WEIGHTS_FOLDER_MODELS` take their folder from `sr_weights` (--sr_weights DIR)."""
     name = os.fspath(name_or_path)
+    if name in EMBEDDED_MODELS:
+        folder = os.path.join(_REPO_ROOT, EMBEDDED_MODELS[name])
+        if not os.path.isfile(os.path.join(folder, "model_index.json")):
+            raise ModelNotFoundError(f"the embedded SR model '{name}' is missing from {folder}; it ships with the "
+                                     f"repository: restore it with `git checkout -- {EMBEDDED_MODELS[name]}`")
+        return folder
     if name in WEIGHTS_FOLDER_MODELS:
         if not sr_weights:
             raise ModelNotFoundError(f"SR model '{name}' needs --sr_weights DIR holding {WEIGHTS_FOLDER_MODELS[name]}")
@@ -81,7 +91,7 @@ def resolve_sr_model(name_or_path: str, cache_dir: Optional[str] = None, sr_weig
                                      f"folder or one of: {', '.join(KNOWN_MODELS)}")
         else:
             raise ModelNotFoundError(f"unknown SR model '{name}' (and no folder of that name); known names: "
-                                     f"{', '.join(KNOWN_MODELS)}, or pass a diffusers pipeline folder")
+                                     f"{', '.join(list(EMBEDDED_MODELS) + list(KNOWN_MODELS))}, or pass a diffusers pipeline folder")
     try:
         from huggingface_hub import try_to_load_from_cache
         cached = try_to_load_from_cache(hub_id, "model_index.json", cache_dir=cache_dir)
