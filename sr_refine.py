@@ -11,6 +11,7 @@ Reads the model's cfg_args (scene, LR resolution), loads its latest iteration (o
 train images, and writes OUT/point_cloud/iteration_<name>/, OUT/sr/<name>/{log.json, cfg_args,
 step_<k>/{decoded,renders,checkpoint.pth}, final/}. See training/sr_loop.py for the loop itself.
 """
+import json
 import os
 import sys
 from argparse import ArgumentParser, Namespace
@@ -91,7 +92,6 @@ def check_run_folder(run_dir, ply_path, resume, overwrite):
                                 f"that run, --overwrite to start it again, or --name for another run")
         return False
     if os.path.isfile(log_path) and os.path.isfile(ply_path):
-        import json
         with open(log_path) as f:
             return bool(json.load(f).get("complete"))
     return False

@@ -24,7 +24,6 @@ if _REPO_ROOT not in sys.path:
 
 import argparse  # noqa: E402
 import glob  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -32,7 +31,7 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from tools.summarize import display_name, order_methods  # noqa: E402
+from tools.summarize import display_name, order_methods, read_json_object  # noqa: E402
 from utils.errors import ThreeDSRError  # noqa: E402
 from utils.system_utils import atomic_write, run_cli  # noqa: E402
 
@@ -261,13 +260,8 @@ def _number(v):
 
 
 def load_sr_log(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            log = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ThreeDSRError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); re-run sr_refine.py "
-                            f"or delete it") from None
-    steps = log.get("steps") if isinstance(log, dict) else None
+    log = read_json_object(path, "sr_refine.py or delete it")
+    steps = log.get("steps")
     if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
         raise ThreeDSRError(f"{path} has no \"steps\" list of per-step records; it is not an sr_refine.py log")
     final = log.get("final")

@@ -97,6 +97,14 @@ def renders_complete(model_path, method):
         return all(os.path.isfile(os.path.join(root, "renders", e["render"])) for e in json.load(f))
 
 
+def run_complete(log_path):
+    """Whether sr_refine.py's log.json says its run finished."""
+    if not os.path.isfile(log_path):
+        return False
+    with open(log_path) as f:
+        return bool(json.load(f).get("complete"))
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.lr_res % args.scale:
@@ -121,7 +129,7 @@ def main(argv=None):
         mode, name = SR_METHODS[method]
         sr_ply = os.path.join(model, "point_cloud", f"iteration_{name}", "point_cloud.ply")
         log_path = os.path.join(model, "sr", name, "log.json")
-        done = os.path.isfile(sr_ply) and os.path.isfile(log_path) and json.load(open(log_path)).get("complete")
+        done = os.path.isfile(sr_ply) and run_complete(log_path)
         if not done:
             if mode != "bicubic":
                 try:

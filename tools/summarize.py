@@ -96,7 +96,9 @@ def metric_value(entry):
     return float(entry), None
 
 
-def _read_json(path, what):
+def read_json_object(path, what):
+    """A JSON object from `path`; unreadable, invalid or non-object content is a one-line error that
+    says to re-run `what` (the command that writes the file)."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -122,17 +124,17 @@ def load_runs(out_root):
         res_path = os.path.join(folder, "results.json")
         if not os.path.isfile(res_path):
             continue
-        results = _read_json(res_path, "metrics.py")
+        results = read_json_object(res_path, "metrics.py")
         results = {k: v for k, v in results.items() if isinstance(v, dict)}
         timings = {}
         t_path = os.path.join(folder, "timings.json")
         if os.path.isfile(t_path):
-            for stage, sec in _read_json(t_path, "tools/run_scene.py").items():
+            for stage, sec in read_json_object(t_path, "tools/run_scene.py").items():
                 if isinstance(sec, (int, float)) and not isinstance(sec, bool) and math.isfinite(sec):
                     timings[str(stage)] = float(sec)
         u_path = os.path.join(folder, "unavailable.json")
         if os.path.isfile(u_path):
-            for method, why in _read_json(u_path, "tools/run_scene.py").items():
+            for method, why in read_json_object(u_path, "tools/run_scene.py").items():
                 if method not in results:
                     results[method] = {key: {"unavailable": f"method not run: {why}"} for key in METRIC_KEYS}
         runs[scene] = (results, timings)

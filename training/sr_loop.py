@@ -233,7 +233,7 @@ class SRRefiner:
             for name, img in zip(self.names, images):
                 save_image(os.path.join(folder, sub, f"{name}.png"), img)
 
-    def _write_log(self, complete: bool, total_seconds: float):
+    def _write_log(self, complete: bool, total_seconds: float) -> dict:
         steps = [e for e in self.log if e["step"] != "final"]
         final = next((e for e in self.log if e["step"] == "final"), None)
         payload = {"mode": self.settings.mode, "scale": self.settings.scale,
@@ -244,6 +244,7 @@ class SRRefiner:
         os.makedirs(self.run_dir, exist_ok=True)
         with atomic_write(os.path.join(self.run_dir, "log.json"), "w") as f:
             json.dump(payload, f, indent=2)
+        return payload
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def _save_checkpoint(self, latents: ViewLatents, seconds: float):
@@ -393,12 +394,11 @@ class SRRefiner:
         self.log = [e for e in self.log if e["step"] != "final"]
         self.log.append(self._stats("final", None, None, targets, renders, fit_result, seconds))
         self._save_images(os.path.join(self.run_dir, "final"), targets, renders)
-        self._write_log(True, elapsed)
+        log = self._write_log(True, elapsed)
         bar.update(1)
         bar.set_postfix(self._postfix(self.log[-1]))
         bar.close()
-        with open(os.path.join(self.run_dir, "log.json")) as f:
-            return json.load(f)
+        return log
 
     @staticmethod
     def _postfix(entry: dict) -> dict:
