@@ -11,6 +11,7 @@ Reads the model's cfg_args (scene, LR resolution), loads its latest iteration (o
 train images, and writes OUT/point_cloud/iteration_<name>/, OUT/sr/<name>/{log.json, cfg_args,
 step_<k>/{decoded,renders,checkpoint.pth}, final/}. See training/sr_loop.py for the loop itself.
 """
+import dataclasses
 import json
 import os
 import sys
@@ -122,10 +123,19 @@ def main(argv=None):
     ply_path = os.path.join(dataset.model_path, "point_cloud", f"iteration_{srp.name}", "point_cloud.ply")
     if srp.name == iteration:
         raise ThreeDSRError(f"--name {srp.name} would overwrite the LR model's own iteration; pick another name")
-    sr_folder = None
+    sr_folder, sr_opts = None, {}
     if settings.uses_diffusion:
-        from sr.loading import resolve_sr_model
+        from sr.loading import is_stablesr_folder, resolve_sr_model
         sr_folder = resolve_sr_model(srp.sr_model, sr_weights=srp.sr_weights or None)
+        if is_stablesr_folder(sr_folder):  # StableSR-Turbo (sr/stablesr): scale-free, its own options
+            sr_opts = dict(scale=settings.scale, dec_w=srp.dec_w, colorfix=srp.colorfix, tile_size=srp.tile_size,
+                           tile_overlap=srp.tile_overlap, sr_batch=srp.sr_batch, text_encoder=srp.text_encoder,
+                           vae_tile=srp.vae_tile, vae_tile_overlap=srp.vae_tile_overlap)
+        else:
+            sr_opts = dict(prompt=srp.prompt, guidance_scale=srp.guidance_scale, noise_level=srp.noise_level,
+                           timestep_spacing=srp.timestep_spacing, sr_batch=srp.sr_batch, vae_tiling=srp.vae_tiling)
+        # a checkpoint resumes only under the same options; the views per call change no result
+        settings = dataclasses.replace(settings, sr_options={k: v for k, v in sr_opts.items() if k != "sr_batch"})
     if check_run_folder(run_dir, ply_path, args.resume, args.overwrite):
         print(f"{run_dir} is complete; the result is {ply_path} (pass --overwrite to run it again)")
         return 0
@@ -138,17 +148,10 @@ def main(argv=None):
 
     sr = None
     if settings.uses_diffusion:
-        from sr.loading import is_stablesr_folder, load_sr_model
+        from sr.loading import load_sr_model
         device = None if srp.sr_device == "auto" else srp.sr_device
-        if is_stablesr_folder(sr_folder):  # StableSR-Turbo (sr/stablesr): scale-free, its own options
-            opts = dict(scale=settings.scale, dec_w=srp.dec_w, colorfix=srp.colorfix, tile_size=srp.tile_size,
-                        tile_overlap=srp.tile_overlap, sr_batch=srp.sr_batch, text_encoder=srp.text_encoder,
-                        vae_tile=srp.vae_tile, vae_tile_overlap=srp.vae_tile_overlap)
-        else:
-            opts = dict(prompt=srp.prompt, guidance_scale=srp.guidance_scale, noise_level=srp.noise_level,
-                        timestep_spacing=srp.timestep_spacing, sr_batch=srp.sr_batch, vae_tiling=srp.vae_tiling)
         try:
-            sr = load_sr_model(sr_folder, device, **opts)
+            sr = load_sr_model(sr_folder, device, **sr_opts)
         except ValueError as exc:  # an option out of range (noise level, --dec_w, tiles, ...)
             raise ThreeDSRError(f"{exc}; fix that flag") from None
         sr.name = srp.sr_model

@@ -19,19 +19,7 @@ FILE_ID="16VnMcF1KJYxN9QId6TClMsZRahHNMW5g"
 URL="https://drive.usercontent.google.com/download?id=$FILE_ID&export=download&confirm=t"
 SCENES="fern flower fortress horns leaves orchids room trex"
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if need curl; then
-  fetch() { curl -fL --retry 3 -o "$2" "$1"; }
-elif need wget; then
-  fetch() { wget -O "$2" "$1"; }
-else
-  echo "error: neither curl nor wget is installed; install one (e.g. apt-get install curl)" >&2
-  exit 2
-fi
-if ! need unzip; then
-  echo "error: unzip is not installed; install it (e.g. apt-get install unzip)" >&2
-  exit 2
-fi
+. scripts/lib/fetch.sh  # after the cd to the repository root
 
 complete() {
   for s in $SCENES; do

@@ -15,19 +15,7 @@ URLS=(
 )
 SCENES="bicycle bonsai counter flowers garden kitchen room stump treehill"
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if need curl; then
-  fetch() { curl -fL --retry 3 -C - -o "$2" "$1"; }
-elif need wget; then
-  fetch() { wget -c -O "$2" "$1"; }
-else
-  echo "error: neither curl nor wget is installed; install one (e.g. apt-get install curl)" >&2
-  exit 2
-fi
-if ! need unzip; then
-  echo "error: unzip is not installed; install it (e.g. apt-get install unzip)" >&2
-  exit 2
-fi
+. "$(dirname "$0")/lib/fetch.sh" resume
 
 complete() {  # every scene has images/ and sparse/0
   for s in $SCENES; do

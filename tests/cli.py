@@ -13,3 +13,12 @@ def run_script(args, check=True, timeout=900):
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def tiny_llff_scene(tmp_path_factory, name, views, seed, num_points, width=256, height=192):
+    """A generated forward-facing scene (tools/make_scene.py) in a fresh temp folder; returns its path."""
+    from tools.make_scene import make_scene
+    out = tmp_path_factory.mktemp(name) / "tiny"
+    make_scene(str(out), views=views, width=width, height=height, kind="llff", seed=seed,
+               num_points=num_points, progress=False)
+    return str(out)

@@ -200,7 +200,14 @@ def test_eval_reports_prior_and_bicubic(prior_folder, tmp_path):
             v = row[f"lpips_{net}"]
             assert isinstance(v, float) or v.startswith("unavailable")
     assert "psnr_between_seeds" in report["prior_runs"][0]
-    assert "PIL bicubic" in format_report(report)
+    for row in [report["bicubic_pil"]] + report["prior_runs"]:  # the mean is the mean of the photos
+        assert len(row["per_photo"]) == 2
+        assert row["psnr"] == pytest.approx(np.mean([r["psnr"] for r in row["per_photo"]]), abs=1e-3)
+    table = format_report(report)
+    assert "PIL bicubic" in table and len(table.splitlines()) >= 4
+    if isinstance(report["bicubic_pil"]["lpips_alex"], float):  # the relative column is (prior - bic) / bic
+        r, b = report["prior_runs"][0]["lpips_alex"], report["bicubic_pil"]["lpips_alex"]
+        assert f"({100.0 * (r - b) / b:+.1f}%)" in table
 
 
 # ---- the 3DSR loop ---------------------------------------------------------------------------------

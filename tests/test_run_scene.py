@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from cli import run_script
+from cli import run_script, tiny_llff_scene
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,10 +14,7 @@ run = run_script
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    from tools.make_scene import make_scene
-    out = tmp_path_factory.mktemp("runscene") / "tiny"
-    make_scene(str(out), views=10, width=256, height=192, kind="llff", seed=2, num_points=1500, progress=False)
-    return str(out)
+    return tiny_llff_scene(tmp_path_factory, "runscene", views=10, seed=2, num_points=1500)
 
 
 TINY = ["--lr_res", "8", "--scale", "4", "--train_iters", "150", "--steps", "2", "--iters_per_step", "10",

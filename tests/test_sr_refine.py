@@ -8,7 +8,7 @@ from argparse import ArgumentParser, Namespace
 
 import pytest
 import torch
-from cli import run_script
+from cli import run_script, tiny_llff_scene
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR_FACTOR = 4  # the LR model is trained on images_4 (64x48); x4 gives the full 256x192 images
@@ -32,10 +32,7 @@ def tree_digest(folder):
 
 @pytest.fixture(scope="module")
 def tiny_scene(tmp_path_factory):
-    from tools.make_scene import make_scene
-    out = tmp_path_factory.mktemp("srscene") / "tiny"
-    make_scene(str(out), views=12, width=256, height=192, kind="llff", seed=1, num_points=2000, progress=False)
-    return str(out)
+    return tiny_llff_scene(tmp_path_factory, "srscene", views=12, seed=1, num_points=2000)
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +184,8 @@ def test_sr_refine_cli_tiny_x4_end_to_end(lr_model, tiny_sr_folder, tmp_path):
     assert not os.path.exists(os.path.join(run_dir, "step_1", "checkpoint.pth"))  # only the latest is kept
     assert os.path.isfile(os.path.join(run_dir, "step_2", "checkpoint.pth"))
     assert "sr_model" in open(os.path.join(run_dir, "cfg_args")).read()
+    # the adapter's options are part of the settings a checkpoint resumes under (not the batch size)
+    assert log["settings"]["sr_options"]["noise_level"] == 20 and "sr_batch" not in log["settings"]["sr_options"]
     # the result is an ordinary iteration: render.py renders it at HR
     run(["render.py", "-m", model, "--iteration", "sr", "-r", "1", "--skip_train", "--quiet"])
     img = Image.open(os.path.join(model, "test", "ours_sr_r1", "renders", "00000.png"))
@@ -299,6 +298,9 @@ def test_resume_refuses_other_settings(lr_model, tiny_sr_folder, one_thread, tmp
         first.run()
     other = SRSettings(mode="3dsr", steps=2, iters_per_step=3, final_iters=3, lambda_lr=0.5)
     with pytest.raises(ThreeDSRError, match="lambda_lr"):
+        make_refiner(lr_model, str(tmp_path / "r"), other, sr, opt, densify=False).run(resume=True)
+    other = SRSettings(mode="3dsr", steps=2, iters_per_step=3, final_iters=3, sr_options={"noise_level": 50})
+    with pytest.raises(ThreeDSRError, match="sr_options"):
         make_refiner(lr_model, str(tmp_path / "r"), other, sr, opt, densify=False).run(resume=True)
 
 

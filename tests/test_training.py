@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from cli import run_script
+from cli import run_script, tiny_llff_scene
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,10 +14,7 @@ run = run_script
 
 @pytest.fixture(scope="module")
 def tiny_scene(tmp_path_factory):
-    from tools.make_scene import make_scene
-    out = tmp_path_factory.mktemp("scene") / "tiny"
-    make_scene(str(out), views=16, width=256, height=192, kind="llff", seed=1, num_points=2000, progress=False)
-    return str(out)
+    return tiny_llff_scene(tmp_path_factory, "scene", views=16, seed=1, num_points=2000)
 
 
 @pytest.fixture(scope="module")

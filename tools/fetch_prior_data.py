@@ -114,25 +114,25 @@ def gather(out, tmp):
                        "sha256": file_sha256(os.path.join(out, rel)),
                        "split": "heldout" if name in HELDOUT else "train"})
 
+    def debian(package, licence):
+        """Unpack a Debian package; record it as a source with its debian/copyright in licences/."""
+        root, version = debian_package(package, tmp)
+        shutil.copyfile(os.path.join(root, f"usr/share/doc/{package}/copyright"),
+                        os.path.join(licences, f"{package}.copyright"))
+        src = f"Debian {package} {version}"
+        sources.append({"source": src, "licence": licence, "licence_file": f"licences/{package}.copyright"})
+        return root, src
+
     # Debian: MATE nature photographs
-    root, version = debian_package("mate-backgrounds", tmp)
-    shutil.copyfile(os.path.join(root, "usr/share/doc/mate-backgrounds/copyright"),
-                    os.path.join(licences, "mate-backgrounds.copyright"))
+    root, src = debian("mate-backgrounds", "GPL-2+ (debian/copyright, per file)")
     holders = copyright_holders(os.path.join(licences, "mate-backgrounds.copyright"))
-    src = f"Debian mate-backgrounds {version}"
-    sources.append({"source": src, "licence": "GPL-2+ (debian/copyright, per file)",
-                    "licence_file": "licences/mate-backgrounds.copyright"})
     for n in MATE_NATURE:
         add(f"mate-{n}", os.path.join(root, "usr/share/backgrounds/mate/nature", n + ".jpg"), src,
             "GPL-2+", holders.get(f"nature/{n}.jpg", "see licences/mate-backgrounds.copyright"))
 
     # Debian: Plasma photographic wallpapers (full-resolution image of each)
-    root, version = debian_package("plasma-workspace-wallpapers", tmp)
-    shutil.copyfile(os.path.join(root, "usr/share/doc/plasma-workspace-wallpapers/copyright"),
-                    os.path.join(licences, "plasma-workspace-wallpapers.copyright"))
-    src = f"Debian plasma-workspace-wallpapers {version}"
-    sources.append({"source": src, "licence": "LGPL-3 / CC-BY-SA-4.0 per wallpaper metadata; debian/copyright GPL-2+",
-                    "licence_file": "licences/plasma-workspace-wallpapers.copyright"})
+    root, src = debian("plasma-workspace-wallpapers",
+                       "LGPL-3 / CC-BY-SA-4.0 per wallpaper metadata; debian/copyright GPL-2+")
     for n in PLASMA_PHOTOS:
         folder = os.path.join(root, "usr/share/wallpapers", n)
         meta = json.load(open(os.path.join(folder, "metadata.json"))) if os.path.isfile(
@@ -147,12 +147,7 @@ def gather(out, tmp):
             f"{plugin.get('Name', n)} by {authors or 'unknown'}")
 
     # Debian: Lomiri (Ubuntu Touch 20.04) photograph
-    root, version = debian_package("lomiri-wallpapers-20.04", tmp)
-    shutil.copyfile(os.path.join(root, "usr/share/doc/lomiri-wallpapers-20.04/copyright"),
-                    os.path.join(licences, "lomiri-wallpapers-20.04.copyright"))
-    src = f"Debian lomiri-wallpapers-20.04 {version}"
-    sources.append({"source": src, "licence": "CC-BY-SA-3.0 (debian/copyright)",
-                    "licence_file": "licences/lomiri-wallpapers-20.04.copyright"})
+    root, src = debian("lomiri-wallpapers-20.04", "CC-BY-SA-3.0 (debian/copyright)")
     add("lomiri-Kleiber_by_Lukas_Baubkus", os.path.join(root, "usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg"),
         src, "CC-BY-SA-3.0", "2021, Lukas Baubkus")
 

@@ -528,16 +528,17 @@ def evaluate_prior(folder: str, photos: List[str], *, steps=EVAL_STEPS, etas=(0.
             out[k] = vals[0] if isinstance(vals[0], str) else round(float(np.mean(vals)), 4)
         return out
 
+    bic_rows = [metrics(b, h) for b, h in zip(bic_list, hr_list)]
     report = {"prior": folder, "photos": names, "crop": crop, "max_side": max_side,
               "lr": "4x4 block means, 8 bit (as images_4)",
-              "bicubic_pil": mean_rows([metrics(b, h) for b, h in zip(bic_list, hr_list)]), "prior_runs": []}
+              "bicubic_pil": {**mean_rows(bic_rows), "per_photo": bic_rows}, "prior_runs": []}
     for eta in etas:
         for n in steps:
             per_seed = []
             for seed in seeds:
                 per_seed.append([sample_prior(sr, lr, n, eta, seed) for lr in lr_list])
-            row = {"steps": n, "eta": eta, "seed": seeds[0],
-                   **mean_rows([metrics(s, h) for s, h in zip(per_seed[0], hr_list)])}
+            rows = [metrics(s, h) for s, h in zip(per_seed[0], hr_list)]
+            row = {"steps": n, "eta": eta, "seed": seeds[0], **mean_rows(rows), "per_photo": rows}
             if len(seeds) > 1:
                 row["psnr_between_seeds"] = round(float(np.mean(
                     [float(psnr(a, b).mean()) for a, b in zip(per_seed[0], per_seed[1])])), 4)
@@ -546,14 +547,23 @@ def evaluate_prior(folder: str, photos: List[str], *, steps=EVAL_STEPS, etas=(0.
 
 
 def format_report(report: dict) -> str:
+    """The mean table; the LPIPS columns also say how far below (-) or above (+) bicubic each row is."""
+    b = report["bicubic_pil"]
+
     def cell(v):
         return f"{v:.4f}" if isinstance(v, float) else "n/a"
-    lines = [f"{'method':<24} {'PSNR':>8} {'LPIPS-alex':>11} {'LPIPS-vgg':>10} {'PSNR seeds':>11}"]
-    b = report["bicubic_pil"]
-    lines.append(f"{'PIL bicubic':<24} {cell(b['psnr']):>8} {cell(b['lpips_alex']):>11} {cell(b['lpips_vgg']):>10}")
+
+    def rel(r, k):
+        if not (isinstance(r[k], float) and isinstance(b[k], float) and b[k] > 0):
+            return ""
+        return f" ({100.0 * (r[k] - b[k]) / b[k]:+.1f}%)"
+
+    lines = [f"{'method':<24} {'PSNR':>8} {'LPIPS-alex':>20} {'LPIPS-vgg':>20} {'PSNR seeds':>11}"]
+    lines.append(f"{'PIL bicubic':<24} {cell(b['psnr']):>8} {cell(b['lpips_alex']):>20} {cell(b['lpips_vgg']):>20}")
     for r in report["prior_runs"]:
         name = f"prior {r['steps']} steps eta {r['eta']:g}"
-        lines.append(f"{name:<24} {cell(r['psnr']):>8} {cell(r['lpips_alex']):>11} {cell(r['lpips_vgg']):>10} "
+        alex, vgg = cell(r["lpips_alex"]) + rel(r, "lpips_alex"), cell(r["lpips_vgg"]) + rel(r, "lpips_vgg")
+        lines.append(f"{name:<24} {cell(r['psnr']):>8} {alex:>20} {vgg:>20} "
                      f"{cell(r.get('psnr_between_seeds')):>11}")
     for k in ("lpips_alex", "lpips_vgg"):
         if isinstance(b[k], str):

@@ -29,7 +29,7 @@ import re
 import resource
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 import torch
@@ -64,6 +64,7 @@ class SRSettings:
     seed: int = 0
     sr_model: str = ""
     published_update: bool = False  # the published 3DSR code's update (see SRRefiner.sampler_step)
+    sr_options: dict = field(default_factory=dict)  # the SR adapter's options that change its outputs
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -275,6 +276,8 @@ class SRRefiner:
             raise ModelNotFoundError(f"{path} is not an SR checkpoint; pass --overwrite to start again")
         ours = dataclasses.asdict(self.settings)
         saved = {**dataclasses.asdict(SRSettings()), **payload["settings"]}  # fields added since: defaults
+        if "sr_options" not in payload["settings"]:  # written before the options were recorded: unknown
+            saved["sr_options"] = ours["sr_options"]
         diff = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in ours.items() if saved.get(k) != v]
         if diff:
             raise ThreeDSRError(f"{path} was written with other settings ({'; '.join(diff)}); rerun with the "
