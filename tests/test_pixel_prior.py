@@ -54,6 +54,14 @@ def test_loads_through_the_registry_and_samples(sr, prior_folder):
     assert _sample(sr, _lr(1, 7, 9), steps=2).shape == (1, 3, 28, 36)
 
 
+def test_saved_files_have_the_usual_permissions(prior_folder):
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, _, files in os.walk(prior_folder):
+        for name in files:
+            assert os.stat(os.path.join(root, name)).st_mode & 0o777 == 0o666 & ~umask, name
+
+
 def test_chunking_does_not_change_results(prior_folder):
     lr = _lr(3)
     one = load_sr_model(prior_folder, "cpu", sr_batch=1)
@@ -192,7 +200,8 @@ def test_eval_reports_prior_and_bicubic(prior_folder, tmp_path):
     from tools.train_sr_prior import evaluate_prior, format_report
     held = _photos(str(tmp_path / "held"), n=2, size=(40, 44), seed=1)
     photos = sorted(os.path.join(held, n) for n in os.listdir(held))
-    report = evaluate_prior(prior_folder, photos, steps=(1, 2), seeds=(0, 1), crop=32)
+    report = evaluate_prior(prior_folder, photos, steps=(1, 2), seeds=(0, 1), crop=32,
+                            figure=str(tmp_path / "crops.png"))
     assert [r["steps"] for r in report["prior_runs"]] == [1, 2]
     for row in [report["bicubic_pil"]] + report["prior_runs"]:
         assert row["psnr"] > 5
@@ -203,6 +212,9 @@ def test_eval_reports_prior_and_bicubic(prior_folder, tmp_path):
     for row in [report["bicubic_pil"]] + report["prior_runs"]:  # the mean is the mean of the photos
         assert len(row["per_photo"]) == 2
         assert row["psnr"] == pytest.approx(np.mean([r["psnr"] for r in row["per_photo"]]), abs=1e-3)
+    from PIL import Image
+    with Image.open(tmp_path / "crops.png") as im:  # 2 photos x (bicubic | prior | HR), 10-px crops shown 2x
+        assert im.size == (3 * 20 + 2 * 4, 2 * 20 + 4)
     table = format_report(report)
     assert "PIL bicubic" in table and len(table.splitlines()) >= 4
     if isinstance(report["bicubic_pil"]["lpips_alex"], float):  # the relative column is (prior - bic) / bic
@@ -270,3 +282,13 @@ def test_shipped_embedded_prior_loads_and_samples(one_thread):
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert float(psnr(area_downsample(a, 4), lr).min()) > 30.0  # keeps the LR content
     assert float((a - bicubic_base(lr, 4)).abs().mean()) > 2e-3  # and adds detail of its own
+
+
+def test_crop_figure_shows_centre_crops_at_2x():
+    from tools.train_sr_prior import crop_figure
+    a = torch.rand(1, 3, 12, 9, generator=torch.Generator().manual_seed(0))
+    b = torch.rand(1, 3, 12, 9, generator=torch.Generator().manual_seed(1))
+    fig = crop_figure([a], [b], gap=2)
+    assert fig.shape == (3, 8, 6 + 2 + 6)
+    assert torch.equal(fig[:, ::2, :6:2], a[0, :, 4:8, 3:6]) and torch.equal(fig[:, 1::2, 1:6:2], a[0, :, 4:8, 3:6])
+    assert torch.equal(fig[:, ::2, 8::2], b[0, :, 4:8, 3:6]) and bool((fig[:, :, 6:8] == 1).all())

@@ -2,8 +2,8 @@
 """Train our small x4 diffusion SR prior (sr/pixel_prior.py) on photographs, and evaluate it.
 
     python tools/fetch_prior_data.py                                   # photos -> ~/.cache/3dsr/prior_data
-    python tools/train_sr_prior.py --out runs/prior --bf16              # train (CPU: hours; CUDA if present)
-    python tools/train_sr_prior.py --out runs/prior --bf16 --resume     # continue a stopped run
+    python tools/train_sr_prior.py --out runs/prior                     # train (CPU: ~1.5 h on 2 cores; CUDA if present)
+    python tools/train_sr_prior.py --out runs/prior --resume            # continue a stopped run
     python tools/train_sr_prior.py --out runs/prior --export models/embedded-x4   # EMA weights -> folder
     python tools/train_sr_prior.py --eval models/embedded-x4            # PSNR / LPIPS vs PIL bicubic
 
@@ -14,7 +14,8 @@ The network learns v-prediction of the residual HR - bicubic(LR), divided by a c
 on the training photos (`residual_scale`), under a cosine schedule; AdamW, warm-up then cosine (or
 constant) learning rate, EMA of the weights (what is exported), optional bf16 autocast (--bf16: faster
 only on CPUs with native bf16, AVX512-BF16 / AMX; on an AVX2-only CPU it was 15x slower, measured).
-Measured here (2 shared AVX2 cores, fp32, batch 8): 1.0 s/step at --crop 64, 3.6 s/step at --crop 128.
+Measured here (2 AVX2 cores, fp32, batch 8): 0.6 s/step at --crop 64 (the 8000-step release run: 81 min), up to
+1.0 s/step when the cores are shared; 3.6 s/step at --crop 128 (shared).
 
 Checkpoints (OUT/checkpoint.pth, written atomically every --checkpoint_every steps and at the end or at
 --time_limit_min) hold the model, EMA, optimizer, LR schedule, every RNG state and the data-order
@@ -66,7 +67,7 @@ def default_data_dir() -> str:
 class TrainSettings:
     """What defines a run: --resume continues a checkpoint only under the same settings (except `steps`
     with a constant learning rate, which may grow)."""
-    steps: int = 5000
+    steps: int = 8000
     batch: int = 8
     crop: int = 64                    # HR crop side (a multiple of 16)
     lr: float = 2e-4
@@ -482,10 +483,11 @@ def sample_prior(sr, lr: torch.Tensor, steps: int, eta: float, seed: int) -> tor
 
 
 def evaluate_prior(folder: str, photos: List[str], *, steps=EVAL_STEPS, etas=(0.0,), seeds=(0, 1),
-                   crop: int = 384, max_side: int = 1024, device: str = "cpu") -> dict:
+                   crop: int = 384, max_side: int = 1024, device: str = "cpu", figure: Optional[str] = None) -> dict:
     """PSNR / LPIPS-alex / LPIPS-vgg of the prior vs PIL bicubic on held-out photos (downscaled to `max_side`
     like the training photos, then centre crops of side `crop`, a multiple of 4; LR made like our datasets').
-    Also the PSNR between two seeds' samples."""
+    Also the PSNR between two seeds' samples. `figure`: a PNG of crops, one row per photo (see crop_figure),
+    of the 4-step eta-0 samples of the first seed (else the first run's)."""
     from evaluation import MetricUnavailable
     from evaluation.lpips import load_lpips
     from sr.loading import load_sr_model
@@ -539,11 +541,35 @@ def evaluate_prior(folder: str, photos: List[str], *, steps=EVAL_STEPS, etas=(0.
                 per_seed.append([sample_prior(sr, lr, n, eta, seed) for lr in lr_list])
             rows = [metrics(s, h) for s, h in zip(per_seed[0], hr_list)]
             row = {"steps": n, "eta": eta, "seed": seeds[0], **mean_rows(rows), "per_photo": rows}
+            if figure and (not report["prior_runs"] or (n, eta) == (4, 0.0)):
+                figure_samples = per_seed[0]
             if len(seeds) > 1:
                 row["psnr_between_seeds"] = round(float(np.mean(
                     [float(psnr(a, b).mean()) for a, b in zip(per_seed[0], per_seed[1])])), 4)
             report["prior_runs"].append(row)
+    if figure:
+        from utils.image_utils import save_image
+        save_image(figure, crop_figure(bic_list, figure_samples, hr_list))
+        report["figure"] = figure
     return report
+
+
+def crop_figure(*columns: List[torch.Tensor], gap: int = 4) -> torch.Tensor:
+    """[3, H, W] in [0, 1]: one row per photo, one column per list of [1, 3, h, w] images (e.g. bicubic |
+    prior | HR); each cell is the centre crop of a third of the side, shown 2x (nearest) so detail is visible."""
+    rows = []
+    for cells in zip(*columns):
+        tiles = []
+        for img in cells:
+            h, w = img.shape[-2:]
+            ch, cw = max(1, h // 3), max(1, w // 3)
+            img = img.detach().float().cpu()
+            cut = img[0, :, (h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw].clamp(0, 1)
+            tiles.append(cut.repeat_interleave(2, 1).repeat_interleave(2, 2))
+            tiles.append(torch.ones(3, tiles[-1].shape[1], gap))
+        rows.append(torch.cat(tiles[:-1], 2))
+        rows.append(torch.ones(3, gap, rows[-1].shape[2]))
+    return torch.cat(rows[:-1], 1)
 
 
 def format_report(report: dict) -> str:
@@ -590,6 +616,7 @@ def build_parser():
     p.add_argument("--eval_eta", type=float, nargs="+", default=[0.0])
     p.add_argument("--eval_seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--eval_out", help="write the evaluation as JSON here (default PRIOR/eval.json)")
+    p.add_argument("--eval_figure", help="also write a PNG of centre crops: bicubic | prior (4 steps, eta 0) | HR")
     p.add_argument("--quiet", action="store_true")
     defaults = TrainSettings()
     for f in dataclasses.fields(TrainSettings):
@@ -614,7 +641,7 @@ def main(argv=None):
         photos = (list_photos(args.eval_data, None) if args.eval_data else list_photos(args.data, "heldout"))
         report = evaluate_prior(folder, photos, steps=args.eval_steps, etas=args.eval_eta, seeds=args.eval_seeds,
                                 crop=args.eval_crop, max_side=args.max_side,
-                                device="cuda" if args.device == "cuda" else "cpu")
+                                device="cuda" if args.device == "cuda" else "cpu", figure=args.eval_figure)
         out = args.eval_out or os.path.join(folder, "eval.json")
         with atomic_write(out, "w") as f:
             json.dump(report, f, indent=2)
