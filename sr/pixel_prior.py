@@ -35,7 +35,7 @@ from sr.base import DiffusionSR
 from sr.loading import first_line
 from sr.sampler import TIMESTEP_SPACINGS
 from utils.errors import ModelNotFoundError
-from utils.system_utils import atomic_write
+from utils.system_utils import atomic_write, default_file_mode
 
 PIPELINE_CLASS = "ThreeDSRPixelPrior"
 PRIOR_CONFIG = "prior_config.json"
@@ -124,10 +124,8 @@ def save_pixel_prior(folder: str, unet, scheduler_config: dict, prior_config: di
         for p in to_save.parameters():  # cast in place (ModelMixin.to warns about casts)
             p.data = p.data.to(dtype)
     to_save.save_pretrained(os.path.join(folder, "unet"), safe_serialization=True)
-    umask = os.umask(0)
-    os.umask(umask)
     for name in os.listdir(os.path.join(folder, "unet")):  # save_pretrained leaves the weights 0600
-        os.chmod(os.path.join(folder, "unet", name), 0o666 & ~umask)
+        os.chmod(os.path.join(folder, "unet", name), default_file_mode())
     DDIMScheduler.from_config(scheduler_config).save_pretrained(os.path.join(folder, "scheduler"))
     import diffusers
     index = {"_class_name": PIPELINE_CLASS, "_diffusers_version": diffusers.__version__,

@@ -17,9 +17,7 @@ def atomic_write(path, mode="wb"):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+    os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; give the file the usual permissions
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -30,6 +28,13 @@ def atomic_write(path, mode="wb"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def default_file_mode() -> int:
+    """The permissions a new file gets here: 0o666 less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def file_sha256(path) -> str:
