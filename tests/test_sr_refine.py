@@ -302,6 +302,13 @@ def test_resume_refuses_other_settings(lr_model, tiny_sr_folder, one_thread, tmp
     other = SRSettings(mode="3dsr", steps=2, iters_per_step=3, final_iters=3, sr_options={"noise_level": 50})
     with pytest.raises(ThreeDSRError, match="sr_options"):
         make_refiner(lr_model, str(tmp_path / "r"), other, sr, opt, densify=False).run(resume=True)
+    # a checkpoint written before the options were recorded resumes under any options
+    path = os.path.join(str(tmp_path / "r"), "step_1", "checkpoint.pth")
+    payload = torch.load(path, weights_only=False)
+    del payload["settings"]["sr_options"]
+    torch.save(payload, path)
+    log = make_refiner(lr_model, str(tmp_path / "r"), other, sr, opt, densify=False).run(resume=True)
+    assert log["complete"]
 
 
 def test_published_update_resumes_bit_identical_and_needs_stablesr(lr_model, tiny_sr_folder, one_thread, tmp_path):
