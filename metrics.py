@@ -28,9 +28,10 @@ bad (missing/empty folders, mismatched names or sizes, unreadable images) or not
 """
 import os
 import sys
-from argparse import ArgumentParser
 
 import torch
+
+from arguments import CLIArgumentParser, show_defaults
 
 from evaluation.evaluate import METRICS, evaluate_method, find_methods, merge_json, print_table, scan_method
 from utils.errors import ThreeDSRError
@@ -38,7 +39,7 @@ from utils.system_utils import run_cli
 
 
 def main(argv=None):
-    parser = ArgumentParser(description="Evaluate render folders (PSNR, SSIM, LPIPS, NIQE, FID, MV-warp, MEt3R)")
+    parser = CLIArgumentParser(description="Evaluate render folders (PSNR, SSIM, LPIPS, NIQE, FID, MV-warp, MEt3R)")
     parser.add_argument("-m", "--model_paths", action="extend", nargs="+", required=True,
                         help="model folder(s) holding <split>/<method>/{renders,gt}")
     parser.add_argument("--split", default="test", help="which render split to evaluate (default: test)")
@@ -47,7 +48,7 @@ def main(argv=None):
     parser.add_argument("--fid_weights", default=None, help="path of pt_inception-2015-12-05-*.pth for FID")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    args = show_defaults(parser).parse_args(argv)
     metrics = [m for m in METRICS if m in args.metrics]
     try:
         device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else

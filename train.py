@@ -8,21 +8,23 @@ import json
 import os
 import sys
 import time
-from argparse import ArgumentParser
 
 import torch
 
-from arguments import ModelParams, OptimizationParams, PipelineParams, read_cfg_args, write_cfg_args
+from arguments import (CLIArgumentParser, ModelParams, OptimizationParams, PipelineParams, read_cfg_args, show_defaults,
+                       write_cfg_args)
 from gaussian_renderer import resolve_backend
 from scene import GaussianModel, Scene
+from scene.conventions import training_filter_2d
 from training.fit import fit_gaussians, load_checkpoint, seed_everything
 from training.strategy import DensifyStrategy
+from utils.device import add_device_args, resolve_data_device, resolve_device, use_deterministic
 from utils.errors import ModelNotFoundError, SceneFormatError
 from utils.system_utils import atomic_write, run_cli
 
 
 def build_parser():
-    parser = ArgumentParser(description="3DGS training (LR stage of 3dsr)")
+    parser = CLIArgumentParser(description="3DGS training (LR stage of 3dsr)")
     lp, op, pp = ModelParams(parser), OptimizationParams(parser), PipelineParams(parser)
     parser.add_argument("--test_iterations", nargs="+", type=int, default=[7_000, 30_000])
     parser.add_argument("--save_iterations", nargs="+", type=int, default=[7_000, 30_000])
@@ -30,7 +32,8 @@ def build_parser():
     parser.add_argument("--start_checkpoint", type=str, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
-    return parser, lp, op, pp
+    add_device_args(parser)
+    return show_defaults(parser), lp, op, pp
 
 
 def default_model_path(source_path):
@@ -61,13 +64,17 @@ def main(argv=None):
     dataset, opt, pipe = lp.extract(args), op.extract(args), pp.extract(args)
     dataset.model_path = args.model_path or default_model_path(args.source_path)
     args.model_path = dataset.model_path
-    resolve_backend(pipe.backend)  # fail early with a clear message
-    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    dataset.data_device = resolve_data_device(dataset.data_device, device)
+    resolve_backend(pipe.backend, device)  # fail early with a clear message
+    seed_everything(args.seed, use_deterministic(device, args.deterministic))
 
     check_output(args)
-    gaussians = GaussianModel(dataset.sh_degree)
+    gaussians = GaussianModel(dataset.sh_degree, device=device)
     scene = Scene(dataset, gaussians)  # reads everything before writing anything
     args.source_path = dataset.source_path
+    # record the 2D filter convention it trains with, so every reader renders it the same way
+    gaussians.filter_2d = args.filter_2d = training_filter_2d(dataset.filter_2d)
     write_cfg_args(args.model_path, args)
     print(f"Output folder: {args.model_path}  ({len(scene.train_cameras)} train / {len(scene.test_cameras)} test "
           f"views, {scene.train_cameras[0].width}x{scene.train_cameras[0].height}, "
@@ -83,7 +90,7 @@ def main(argv=None):
         last, resume_state = load_checkpoint(args.start_checkpoint, gaussians, opt, strategy)
         first_iter = last + 1
 
-    background = torch.tensor([1.0, 1.0, 1.0] if dataset.white_background else [0.0, 0.0, 0.0])
+    background = torch.tensor([1.0, 1.0, 1.0] if dataset.white_background else [0.0, 0.0, 0.0], device=device)
     t0 = time.time()
     result = fit_gaussians(
         gaussians, scene.train_cameras, opt, pipe, background, kernel_size=dataset.kernel_size,
@@ -91,7 +98,7 @@ def main(argv=None):
         strategy=strategy, test_cameras=scene.test_cameras, test_iterations=set(args.test_iterations),
         on_save=scene.save, save_iterations=set(args.save_iterations), checkpoint_dir=args.model_path,
         checkpoint_iterations=set(args.checkpoint_iterations), progress=not args.quiet,
-        resume_state=resume_state)
+        resume_state=resume_state, final_iteration=opt.iterations)  # 3DGS: the last one takes no step
     elapsed = time.time() - t0
     n_iter = max(result.last_iteration - first_iter + 1, 0)
     summary = {"iterations": result.last_iteration, "seconds": round(elapsed, 2),

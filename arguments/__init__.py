@@ -7,14 +7,49 @@ parsing (ast), never eval, so a model folder from elsewhere cannot run code.
 import ast
 import os
 import sys
-from argparse import ArgumentParser, Namespace
+from argparse import SUPPRESS, ArgumentDefaultsHelpFormatter, ArgumentParser, Namespace
 
 from utils.errors import ModelNotFoundError
 from utils.system_utils import atomic_write
 
 
+class HelpFormatter(ArgumentDefaultsHelpFormatter):
+    """--help shows every flag's default (flags whose help already says it are left alone)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is SUPPRESS or not action.option_strings:
+            return text
+        if action.nargs == 0:  # store_true / store_false
+            return (text + " " if text else "") + "(default: off)"
+        return (text + " " if text else "") + "(default: %(default)s)"
+
+
+class CLIArgumentParser(ArgumentParser):
+    """argparse with our one-line errors: `error: <what>; see --help`, exit code 2 (no usage dump)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message}; see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)
+
+
+def show_defaults(parser: ArgumentParser) -> ArgumentParser:
+    """Give flags without help text one that states their default (argparse prints no line otherwise)."""
+    for action in parser._actions:
+        if action.help is None and action.option_strings and action.default is not SUPPRESS:
+            action.help = "(default: off)" if action.nargs == 0 else "(default: %(default)s)"
+    return parser
+
+
 class ParamGroup:
-    """Fields of a subclass become flags; a leading underscore adds a one-letter short flag."""
+    """Fields of a subclass become flags; a leading underscore adds a one-letter short flag.
+    A subclass's CHOICES maps a field to its allowed values (shown in --help, checked by argparse)."""
+
+    CHOICES: dict = {}
 
     def __init__(self, parser: ArgumentParser, name: str, fill_none=False):
         # fill_none (3DGS's "sentinel"): unset flags parse as None, so saved cfg_args can fill them.
@@ -27,12 +62,16 @@ class ParamGroup:
             key = key.lstrip("_")
             flags = [f"--{key}"] + ([f"-{key[0]}"] if shorthand else [])
             default = None if fill_none else value
+            shown = "off" if value is False else repr(value) if value == "" else value
+            help_text = (f"default: the model's cfg_args, else {shown}" if fill_none else f"default: {shown}")
             if isinstance(value, bool):
-                group.add_argument(*flags, default=default, action="store_true")
+                group.add_argument(*flags, default=default, action="store_true", help=help_text)
             elif isinstance(value, (list, tuple)):
-                group.add_argument(*flags, default=default, nargs="+", type=type(value[0]) if value else int)
+                group.add_argument(*flags, default=default, nargs="+", type=type(value[0]) if value else int,
+                                   help=help_text)
             else:
-                group.add_argument(*flags, default=default, type=type(value) if value is not None else str)
+                group.add_argument(*flags, default=default, type=type(value) if value is not None else str,
+                                   choices=self.CHOICES.get(key), help=help_text)
 
     def extract(self, args) -> Namespace:
         """This group's values from `args`; missing or None (flag not given) -> the default."""
@@ -44,6 +83,8 @@ class ParamGroup:
 
 
 class ModelParams(ParamGroup):
+    CHOICES = {"filter_2d": ("auto", "mip", "inria")}  # scene.conventions.FILTER_2D_CHOICES
+
     def __init__(self, parser, sentinel=False):
         self.sh_degree = 3
         self._source_path = ""
@@ -51,10 +92,13 @@ class ModelParams(ParamGroup):
         self._images = "images"
         self._resolution = -1
         self._white_background = False
-        self.data_device = "cpu"
+        self.data_device = ""  # where the cameras' images live; "" = the model's device (--device)
         self.eval = False
         self.llffhold = 8
         self.kernel_size = 0.1  # Mip-Splatting 2D filter variance (pixels^2)
+        # 2D filter convention (scene/conventions.py): mip = Mip-Splatting's (kernel_size, opacity
+        # compensated), inria = 3DGS's 0.3 px^2 dilation; auto = as recorded in / detected from the model
+        self.filter_2d = "auto"
         super().__init__(parser, "Loading Parameters", sentinel)
 
     def extract(self, args):
@@ -65,6 +109,8 @@ class ModelParams(ParamGroup):
 
 
 class PipelineParams(ParamGroup):
+    CHOICES = {"backend": ("auto", "torch", "cpu", "gsplat", "inria")}  # gaussian_renderer.BACKENDS (tested)
+
     def __init__(self, parser, sentinel=False):
         self.backend = "auto"
         self.debug = False
@@ -92,7 +138,10 @@ class OptimizationParams(ParamGroup):
         self.densify_until_iter = 15_000
         self.densify_grad_threshold = 0.0002
         self.min_opacity = 0.005
-        self.max_screen_size = 20
+        self.max_screen_size = 20           # with --screen_size_pruning: prune max radii above this (px)
+        # Off by default, as the references behave: 3DGS / Mip-Splatting test max_radii2D > 20 right
+        # after densification zeroed it, so it never fires; the flag turns our live test on.
+        self.screen_size_pruning = False
         self.sh_increase_interval = 1000
         self.filter_update_interval = 100  # recompute the 3D filter this often (Mip-Splatting)
         self.random_background = False
@@ -101,6 +150,9 @@ class OptimizationParams(ParamGroup):
 
 class SRParams(ParamGroup):
     """The SR stage (sr_refine.py): the diffusion model, the denoising schedule and the per-step fit."""
+
+    CHOICES = {"mode": ("3dsr", "per-view", "bicubic"),  # training.sr_loop.MODES (tested)
+               "colorfix": ("wavelet", "none"), "timestep_spacing": ("trailing", "leading", "linspace")}
 
     def __init__(self, parser):
         self.mode = "3dsr"                  # 3dsr | per-view | bicubic (baselines on the same code path)
@@ -114,6 +166,7 @@ class SRParams(ParamGroup):
         self.guidance_scale = 1.0
         self.noise_level = 20
         self.sr_weights = ""                # folder with stablesr_turbo.ckpt + vqgan_cfw_00011.ckpt (--sr_model stablesr-turbo)
+        self.offline = False                # never download SR weights (as HF_HUB_OFFLINE=1); default: on first use
         self.dec_w = 0.5                    # StableSR CFW fusion weight w in [0, 1] (3DSR: 0.5)
         self.colorfix = "wavelet"           # StableSR colour fix: wavelet | none
         self.text_encoder = ""              # StableSR: diffusers SD-2.x folder for the empty-prompt embedding (cached)
@@ -164,9 +217,13 @@ def read_cfg_args(model_path: str) -> Namespace:
         raise ModelNotFoundError(f"{path} is unreadable: {exc}; re-run train.py or fix the file") from None
 
 
+# Flags of one invocation, not of the model: a model trained on a GPU must render on a laptop.
+NOT_SAVED = ("device", "deterministic")
+
+
 def write_cfg_args(model_path: str, args: Namespace):
     with atomic_write(os.path.join(model_path, "cfg_args"), "w") as f:
-        f.write(repr(Namespace(**vars(args))))
+        f.write(repr(Namespace(**{k: v for k, v in vars(args).items() if k not in NOT_SAVED})))
 
 
 def get_combined_args(parser: ArgumentParser, argv=None) -> Namespace:

@@ -138,7 +138,7 @@ def pair_counts(scene, K, size):
                                                              size, size)
     tile_pairs = int(tile_count.sum()) * 64
     walked = None
-    if backend_status("cpu")[0]:
+    if backend_status("cpu", "cpu")[0]:
         import threedsr_cpu_rasterizer as ext
         res = ext.forward(*[t.contiguous() for t in scene], torch.eye(4), K, size, size, torch.zeros(3), 0.1,
                           torch.zeros(scene[0].shape[0], 2), torch_backend.CHUNK_ELEMENTS, torch.get_num_threads())
@@ -210,7 +210,7 @@ def main(argv=None):
     configs = [] if args.train_only else QUICK_CONFIGS if args.quick else FULL_CONFIGS
     args.train = args.train or args.train_only
     backends = {"torch": torch_backend.rasterize}
-    cpu_ok, cpu_why = backend_status("cpu")
+    cpu_ok, cpu_why = backend_status("cpu", "cpu")
     if cpu_ok:
         from gaussian_renderer import cpu_backend
         backends["cpu"] = cpu_backend.rasterize

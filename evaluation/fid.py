@@ -206,7 +206,8 @@ def load_inception(path, device="cpu"):
         raise MetricUnavailable(f"cannot read FID weights {path} ({exc}); {HOW_TO_GET}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    net = FIDInceptionV3()
+    with torch.device("cpu"):  # built on the CPU whatever the default device, then moved
+        net = FIDInceptionV3()
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "AuxLogits."))}
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]  # absent in older checkpoints

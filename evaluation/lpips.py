@@ -87,8 +87,8 @@ class LPIPS(nn.Module):
         self.net_name = net
         self.net = AlexNetFeatures() if net == "alex" else VGG16Features()
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in CHANNELS[net])
-        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188], device="cpu").view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450], device="cpu").view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
 
@@ -150,7 +150,8 @@ def load_lpips(net="alex", device="cpu", cache=None):
     except Exception as exc:
         raise MetricUnavailable(f"LPIPS-{net} weights at {path} are unreadable ({exc}); delete the file and "
                                 f"{FETCH_HINT}") from None
-    model = LPIPS(net)
+    with torch.device("cpu"):  # built on the CPU whatever the default device, then moved
+        model = LPIPS(net)
     want = expected_shapes(net)
     got = {k: tuple(v.shape) for k, v in state.items()}
     if got != want:

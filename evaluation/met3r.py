@@ -33,7 +33,9 @@ def load_met3r(device):
     try:
         from met3r import MEt3R
 
-        metric = MEt3R(img_size=256).to(device).eval()
+        with torch.device("cpu"):  # built on the CPU whatever the default device, then moved
+            metric = MEt3R(img_size=256)
+        metric = metric.to(device).eval()
     except Exception as exc:  # missing weights, incompatible versions, no GPU...
         raise MetricUnavailable(f"met3r is installed but could not be built ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); {HOW_TO_GET}") from None

@@ -36,8 +36,8 @@ class ViewGeometry:
 
     def __init__(self, fx, fy, cx, cy, R_w2c, t_w2c, width, height):
         self.fx, self.fy, self.cx, self.cy = float(fx), float(fy), float(cx), float(cy)
-        self.R = torch.as_tensor(np.asarray(R_w2c, dtype=np.float64))
-        self.t = torch.as_tensor(np.asarray(t_w2c, dtype=np.float64)).reshape(3)
+        self.R = torch.as_tensor(np.asarray(R_w2c, dtype=np.float64), device="cpu")
+        self.t = torch.as_tensor(np.asarray(t_w2c, dtype=np.float64), device="cpu").reshape(3)
         self.width, self.height = int(width), int(height)
 
     @classmethod
@@ -59,7 +59,9 @@ class ViewGeometry:
 def _warp_one(img_j, depth_j, cam_j, img_i, depth_i, cam_i, rel_tol):
     """Colour error of view j's pixels against view i: (sum of |diff| over co-visible pixels, count, total)."""
     H, W = depth_j.shape
-    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    dev = depth_j.device
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64, device=dev), torch.arange(W, dtype=torch.float64, device=dev),
+                          indexing="ij")
     d = depth_j.to(torch.float64)
     valid = torch.isfinite(d) & (d > 0)
     d = torch.where(valid, d, torch.zeros_like(d))

@@ -1,10 +1,10 @@
 """The `cpu` backend: our C++/OpenMP rasterizer (submodules/cpu_rasterizer), forward and backward.
 
 Same math and signature as the reference `gaussian_renderer.torch_backend.rasterize` (projection
-with the Jacobian clamp and the Mip-Splatting 2D filter, 8-pixel tiles, per-tile depth sort,
-front-to-back compositing with 3DGS's 1/255 cut, 0.99 clamp and early termination). The backward
-is the 3DGS reverse traversal per pixel, not an autograd tape, and runs on `torch.get_num_threads()`
-threads. Gradients are deterministic (no atomics).
+with the Jacobian clamp and the 2D filter, with or without Mip-Splatting's opacity compensation,
+8-pixel tiles, per-tile depth sort, front-to-back compositing with 3DGS's 1/255 cut, 0.99 clamp and
+early termination). The backward is the 3DGS reverse traversal per pixel, not an autograd tape, and
+runs on `torch.get_num_threads()` threads. Gradients are deterministic (no atomics).
 
 Rounding follows the reference where it decides something: the Gaussian exponent is evaluated as
 the reference's expanded quadratic, with or without fused multiply-adds as torch.bmm does for the
@@ -15,25 +15,38 @@ go the other way (exp and the log-space stop test are not bit-identical to torch
 import torch
 
 from gaussian_renderer.torch_backend import CHUNK_ELEMENTS
+from utils.errors import BackendUnavailableError
 
 try:
     import threedsr_cpu_rasterizer as _C
 except ImportError:  # the backend registry reports it as unavailable
     _C = None
 
+REBUILD = "python -m pip install --no-build-isolation ./submodules/cpu_rasterizer (or bash scripts/setup.sh)"
+
+
+def _filter_args(compensate):
+    """The extension's trailing keyword for the 2D filter; builds before API 2 know only compensation."""
+    if getattr(_C, "API_VERSION", 1) >= 2:
+        return {"compensate": bool(compensate)}
+    if not compensate:
+        raise BackendUnavailableError("the installed C++ rasterizer predates the Inria 2D filter (no opacity "
+                                      f"compensation); rebuild it: {REBUILD}")
+    return {}
+
 
 class _RasterizeCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means, quats, scales, opacities, colors, means2d_offset, background, viewmat, K,
-                width, height, kernel_size):
+                width, height, kernel_size, compensate):
         nthreads = torch.get_num_threads()
         (image, depth, alpha, radii, means2d, conics, opac_c, depths, final_T, last, gids, tile_offsets,
          gauss_offsets, gauss_pairs) = _C.forward(means, quats, scales, opacities, colors, viewmat, K, width,
                                                   height, background, kernel_size, means2d_offset,
-                                                  CHUNK_ELEMENTS, nthreads)
+                                                  CHUNK_ELEMENTS, nthreads, **_filter_args(compensate))
         ctx.save_for_backward(means, quats, scales, opacities, colors, viewmat, K, background, means2d, conics,
                               opac_c, depths, radii, final_T, last, gids, tile_offsets, gauss_offsets, gauss_pairs)
-        ctx.width, ctx.height, ctx.kernel_size = width, height, kernel_size
+        ctx.width, ctx.height, ctx.kernel_size, ctx.compensate = width, height, kernel_size, compensate
         ctx.mark_non_differentiable(radii)
         return image, depth, alpha, radii, means2d
 
@@ -45,20 +58,21 @@ class _RasterizeCPU(torch.autograd.Function):
             means, quats, scales, opacities, colors, viewmat, K, ctx.width, ctx.height, background, ctx.kernel_size,
             means2d, conics, opac_c, depths, radii, final_T, last, gids, tile_offsets, gauss_offsets, gauss_pairs,
             g_image.contiguous(), g_depth.contiguous(), g_alpha.contiguous(), g_means2d.contiguous(),
-            CHUNK_ELEMENTS, torch.get_num_threads())
+            CHUNK_ELEMENTS, torch.get_num_threads(), **_filter_args(ctx.compensate))
         need = ctx.needs_input_grad
         return (v_means if need[0] else None, v_quats if need[1] else None, v_scales if need[2] else None,
                 v_opac if need[3] else None, v_colors if need[4] else None, v_means2d if need[5] else None,
-                v_bg if need[6] else None, None, None, None, None, None)
+                v_bg if need[6] else None, None, None, None, None, None, None)
 
 
 def rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height, background,
-              kernel_size=0.1, means2d_offset=None):
+              kernel_size=0.1, means2d_offset=None, compensate=True):
     """Render one view with the C++ extension.
 
     Args: means [N, 3], quats [N, 4] (w, x, y, z), scales [N, 3], opacities [N], colors [N, 3]
         (per-Gaussian RGB), viewmat [4, 4] world-to-camera, K [3, 3], background [3]; float32 or
-        float64 CPU tensors. kernel_size: 2D mip filter variance in pixels^2.
+        float64 CPU tensors. kernel_size: 2D filter variance in pixels^2; compensate: scale opacities
+        by sqrt(det(S) / det(S + k I)) (Mip-Splatting; False for Inria 3DGS's 0.3 dilation).
         means2d_offset [N, 2] or None: a zero tensor added to the projected means so that its .grad
         is dL/d(means2d) in pixels (used by densification), exactly as in the reference.
     Returns dict: image [3, H, W], depth [1, H, W] (alpha-weighted camera z), alpha [1, H, W],
@@ -67,8 +81,7 @@ def rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height
     (not to viewmat or K).
     """
     if _C is None:
-        raise ImportError("threedsr_cpu_rasterizer is not built: python -m pip install --no-build-isolation "
-                          "./submodules/cpu_rasterizer")
+        raise ImportError(f"threedsr_cpu_rasterizer is not built: {REBUILD}")
     dtype = means.dtype
     if means.device.type != "cpu":
         raise ValueError(f"the cpu backend renders CPU tensors; got means on {means.device}")
@@ -77,9 +90,9 @@ def rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height
         return t.to(dtype).contiguous()
 
     if means2d_offset is None:
-        means2d_offset = torch.zeros(means.shape[0], 2, dtype=dtype)
+        means2d_offset = torch.zeros(means.shape[0], 2, dtype=dtype, device=means.device)
     image, depth, alpha, radii, means2d = _RasterizeCPU.apply(
         prep(means), prep(quats), prep(scales), prep(opacities.reshape(-1)), prep(colors), prep(means2d_offset),
         prep(background.reshape(-1)), viewmat.detach().to(dtype).contiguous(), K.detach().to(dtype).contiguous(),
-        int(width), int(height), float(kernel_size))
+        int(width), int(height), float(kernel_size), bool(compensate))
     return {"image": image, "depth": depth, "alpha": alpha, "radii": radii, "means2d": means2d}

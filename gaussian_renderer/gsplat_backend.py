@@ -4,8 +4,11 @@ gsplat is imported inside `rasterize` only, and only when CUDA is available: on 
 but no GPU, importing and calling gsplat starts a JIT build that then fails.
 
 Mapping to the reference (gaussian_renderer/torch_backend.py):
-  - rasterize_mode="antialiased" with eps2d=kernel_size is the Mip-Splatting 2D filter with its
-    opacity compensation; the caller has already applied the 3D filter to scales and opacities.
+  - the 2D filter (kernel_size, compensate): gsplat adds eps2d to the screen covariance in both its
+    modes and multiplies opacities by sqrt(det / det') only in rasterize_mode="antialiased". So
+    (kernel_size, True) -> "antialiased", eps2d=kernel_size (Mip-Splatting's filter), and
+    (kernel_size, False) -> "classic", eps2d=kernel_size (Inria 3DGS's with 0.3, gsplat's default).
+    The caller has already applied the 3D filter to scales and opacities.
   - render_mode="RGB+D": the extra channel is the alpha-weighted (accumulated) camera depth, which
     is what the reference calls `depth` ("ED" would divide it by alpha); its background is 0.
   - the screen-space gradient: gsplat's meta["means2d"].grad is dL/d(means2d) in pixels, the same
@@ -41,7 +44,7 @@ class _PixelGradTap(torch.autograd.Function):
 
 
 def rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height, background,
-              kernel_size=0.1, means2d_offset=None):
+              kernel_size=0.1, means2d_offset=None, compensate=True):
     """Render one view with gsplat.rasterization (CUDA). Same arguments and outputs as the reference:
     image [3, H, W], depth [1, H, W], alpha [1, H, W], radii [N] int32, means2d [N, 2]."""
     if not torch.cuda.is_available():
@@ -56,7 +59,7 @@ def rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height
         means, quats, scales, opacities.reshape(-1), colors,
         viewmat.to(dev, dtype)[None], K.to(dev, dtype)[None], int(width), int(height),
         near_plane=0.01, eps2d=float(kernel_size), sh_degree=None, packed=False, absgrad=False,
-        rasterize_mode="antialiased", render_mode="RGB+D",
+        rasterize_mode="antialiased" if compensate else "classic", render_mode="RGB+D",
         backgrounds=background.to(dev, dtype).reshape(1, 3))
     means2d = meta["means2d"][0]  # [N, 2] pixels, a view into gsplat's [1, N, 2]
     if meta["means2d"].requires_grad:

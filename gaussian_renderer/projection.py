@@ -1,6 +1,14 @@
 """Projection of 3D Gaussians to screen-space 2D Gaussians (EWA splatting, Zwicker et al. 2001),
-with Mip-Splatting's 2D mip filter. Pure PyTorch; shared by the reference backend and used as the
+with a screen-space filter. Pure PyTorch; shared by the reference backend and used as the
 specification every other backend is tested against.
+
+The 2D filter is (variance, compensate): `variance` pixels^2 is added to the diagonal of every screen
+covariance, and with `compensate` the opacity is scaled by sqrt(det(S) / det(S + variance I)) so the
+splat keeps its energy. The two conventions in use:
+  Mip-Splatting (and 3dsr): (kernel_size = 0.1, compensate=True), its "2D mip filter" (eq. 11);
+  Inria 3DGS:               (0.3, compensate=False), a fixed dilation that brightens small splats.
+A model renders as trained only under its own convention: under the other, sub-pixel splats change
+brightness by 2x and more (scene/conventions.py records and detects which one a model folder uses).
 """
 import torch
 
@@ -11,6 +19,7 @@ ALPHA_MIN = 1.0 / 255.0  # contributions below this alpha are skipped (3DGS)
 ALPHA_MAX = 0.99         # alpha clamp, so transmittance never hits zero (3DGS)
 T_MIN = 1e-4             # compositing stops once transmittance would drop below this (3DGS)
 TILE = 8                 # tile edge in pixels
+INRIA_DILATION = 0.3     # Inria 3DGS's screen-space dilation (pixels^2), applied without compensation
 
 
 def quat_scale_to_covariance(quats, scales):
@@ -20,16 +29,18 @@ def quat_scale_to_covariance(quats, scales):
     return M @ M.transpose(1, 2)
 
 
-def project_gaussians(means, quats, scales, opacities, viewmat, K, width, height, kernel_size=0.1):
+def project_gaussians(means, quats, scales, opacities, viewmat, K, width, height, kernel_size=0.1,
+                      compensate=True):
     """Project Gaussians into one pinhole camera.
 
     Args:
         means [N, 3], quats [N, 4], scales [N, 3], opacities [N]: world-space Gaussians (scales and
             opacities already include any 3D filter).
         viewmat [4, 4]: world-to-camera (OpenCV axes). K [3, 3]: intrinsics, pixel-corner origin.
-        kernel_size: variance (pixels^2) of the 2D mip filter added to every screen covariance; the
-            opacity is scaled by sqrt(det(S) / det(S + k I)) so each splat keeps its energy
-            (Mip-Splatting eq. 11). 0 disables the compensation as well.
+        kernel_size: variance (pixels^2) of the 2D filter added to every screen covariance.
+        compensate: scale the opacity by sqrt(det(S) / det(S + k I)) so each splat keeps its energy
+            (Mip-Splatting eq. 11); False is Inria 3DGS's dilation (kernel_size=INRIA_DILATION).
+            kernel_size 0 means no filter and no compensation either way.
     Returns dict with means2d [N, 2] (pixels), conics [N, 3] (a, b, c of the inverse covariance),
         opacities [N] (compensated), depths [N], radii [N] int (0 = culled).
     """
@@ -59,7 +70,7 @@ def project_gaussians(means, quats, scales, opacities, viewmat, K, width, height
     det = a * c - b * b
     valid = in_front & (det > 0)
     det_safe = torch.where(valid, det, torch.ones_like(det))
-    if kernel_size > 0:
+    if compensate and kernel_size > 0:
         comp = torch.sqrt(torch.clamp(det_orig / det_safe, min=0.0))
     else:
         comp = torch.ones_like(det)

@@ -24,22 +24,23 @@ def bin_gaussians(means2d, radii, depths, width, height, tile=TILE):
     w, h = (x1 - x0).clamp_min(0), (y1 - y0).clamp_min(0)
     counts = w * h
     n_tiles = tiles_x * tiles_y
+    dev = means2d.device
     ids = torch.nonzero(counts > 0).squeeze(1)
     if ids.numel() == 0:
-        z = torch.zeros(n_tiles, dtype=torch.int64)
-        return torch.zeros(0, dtype=torch.int64), z, z, tiles_x, tiles_y
+        z = torch.zeros(n_tiles, dtype=torch.int64, device=dev)
+        return torch.zeros(0, dtype=torch.int64, device=dev), z, z, tiles_x, tiles_y
     counts_v = counts[ids]
     total = int(counts_v.sum())
     g = torch.repeat_interleave(ids, counts_v)
     first = torch.repeat_interleave(torch.cumsum(counts_v, 0) - counts_v, counts_v)
-    local = torch.arange(total, dtype=torch.int64) - first
+    local = torch.arange(total, dtype=torch.int64, device=dev) - first
     tile_x = x0[g] + local % w[g]
     tile_y = y0[g] + local // w[g]
     tile_id = tile_y * tiles_x + tile_x
     # depth rank: stable ordering by depth, ties by index
     order = torch.argsort(depths.detach(), stable=True)
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel())
+    rank[order] = torch.arange(order.numel(), device=dev)
     key = tile_id * means2d.shape[0] + rank[g]
     sort = torch.argsort(key)
     g_sorted = g[sort]
@@ -96,28 +97,30 @@ def _composite_chunk(pix, mean, conic, opac, color, depth, valid, background):
 
 
 def rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height, background,
-              kernel_size=0.1, means2d_offset=None):
+              kernel_size=0.1, means2d_offset=None, compensate=True):
     """Render one view.
 
     Args: means [N, 3], quats [N, 4], scales [N, 3], opacities [N], colors [N, 3] (per-Gaussian RGB),
         viewmat [4, 4] world-to-camera, K [3, 3], background [3].
+        kernel_size, compensate: the 2D filter (projection.project_gaussians): Mip-Splatting's is
+        (0.1, True), Inria 3DGS's (projection.INRIA_DILATION, False).
         means2d_offset [N, 2] or None: a zero tensor added to the projected means so that its .grad
         is dL/d(means2d) in pixels (used by densification).
     Returns dict: image [3, H, W], depth [1, H, W] (alpha-weighted camera z), alpha [1, H, W],
         radii [N], means2d [N, 2].
     """
-    proj = project_gaussians(means, quats, scales, opacities, viewmat, K, width, height, kernel_size)
+    proj = project_gaussians(means, quats, scales, opacities, viewmat, K, width, height, kernel_size, compensate)
     means2d = proj["means2d"]
     if means2d_offset is not None:
         means2d = means2d + means2d_offset
     radii = proj["radii"]
     gids, tile_start, tile_count, tiles_x, tiles_y = bin_gaussians(means2d, radii, proj["depths"], width, height)
     n_tiles = tiles_x * tiles_y
-    dtype = means.dtype
+    dtype, dev = means.dtype, means.device
 
     # Pixel centres of every tile, [n_tiles, TILE*TILE, 2].
-    ty, tx = torch.meshgrid(torch.arange(tiles_y), torch.arange(tiles_x), indexing="ij")
-    py, px = torch.meshgrid(torch.arange(TILE), torch.arange(TILE), indexing="ij")
+    ty, tx = torch.meshgrid(torch.arange(tiles_y, device=dev), torch.arange(tiles_x, device=dev), indexing="ij")
+    py, px = torch.meshgrid(torch.arange(TILE, device=dev), torch.arange(TILE, device=dev), indexing="ij")
     pix_x = (tx.reshape(-1, 1) * TILE + px.reshape(1, -1)).to(dtype) + 0.5
     pix_y = (ty.reshape(-1, 1) * TILE + py.reshape(1, -1)).to(dtype) + 0.5
     pix = torch.stack([pix_x, pix_y], dim=-1)
@@ -139,7 +142,7 @@ def rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height
         per_chunk = max(1, CHUNK_ELEMENTS // (k * n_pix))
         sel = order[i:i + per_chunk]
         i += sel.numel()
-        ar = torch.arange(k)
+        ar = torch.arange(k, device=dev)
         idx = tile_start[sel][:, None] + ar[None, :]
         valid = ar[None, :] < tile_count[sel][:, None]
         idx = torch.where(valid, idx, torch.zeros_like(idx))
@@ -155,12 +158,12 @@ def rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height
         tile_order.append(sel)
     if len(empty_tiles):
         ne = len(empty_tiles)
-        pieces.append((background.expand(ne, n_pix, 3), torch.zeros(ne, n_pix, dtype=dtype),
-                       torch.zeros(ne, n_pix, dtype=dtype)))
+        pieces.append((background.expand(ne, n_pix, 3), torch.zeros(ne, n_pix, dtype=dtype, device=dev),
+                       torch.zeros(ne, n_pix, dtype=dtype, device=dev)))
         tile_order.append(empty_tiles)
     tile_order = torch.cat(tile_order)
     inv = torch.empty_like(tile_order)
-    inv[tile_order] = torch.arange(n_tiles)
+    inv[tile_order] = torch.arange(n_tiles, device=dev)
     rgb = torch.cat([p[0] for p in pieces])[inv]
     dep = torch.cat([p[1] for p in pieces])[inv]
     alp = torch.cat([p[2] for p in pieces])[inv]

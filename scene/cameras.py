@@ -7,6 +7,8 @@ of pixel (u, v) is (u + 0.5, v + 0.5).
 from dataclasses import dataclass
 from typing import Optional
 
+import math
+
 import torch
 
 
@@ -32,16 +34,16 @@ class Camera:
 
     @property
     def fov_x_rad(self) -> float:
-        return 2.0 * float(torch.atan(torch.tensor(self.width / (2.0 * self.fx))))
+        return 2.0 * math.atan(self.width / (2.0 * self.fx))
 
     @property
     def fov_y_rad(self) -> float:
-        return 2.0 * float(torch.atan(torch.tensor(self.height / (2.0 * self.fy))))
+        return 2.0 * math.atan(self.height / (2.0 * self.fy))
 
     def intrinsics(self) -> torch.Tensor:
-        """[3, 3] pinhole matrix K (pixel-corner origin)."""
+        """[3, 3] pinhole matrix K (pixel-corner origin), on the pose's device."""
         return torch.tensor([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]],
-                            dtype=torch.float32)
+                            dtype=torch.float32, device=self.world_to_camera.device)
 
     def resized(self, width: int, height: int, image: Optional[torch.Tensor] = None) -> "Camera":
         """The same camera rendering a `width` x `height` image (e.g. an HR view of an LR camera).

@@ -20,6 +20,7 @@ from PIL import Image
 from scene.colmap_io import detect_model_ext, qvec_to_rotmat, read_model
 from utils.errors import SceneFormatError, ThreeDSRError
 from utils.image_utils import area_resize_np
+from utils.sh_utils import SH2RGB
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".exr")
 MAX_AUTO_WIDTH = 1600  # resolution -1: wider images are downscaled to this width (Inria behaviour)
@@ -360,9 +361,12 @@ def read_blender_scene(source_path, resolution=-1, eval=False, white_background=
         train, test = train + test, []
     _require_train(train, source_path, len(train) + len(test), False, 0)
 
+    # 3DGS / Mip-Splatting: 100k points uniform in [-1.3, 1.3]^3 (the synthetic scenes' bounds), near-grey
+    # colours from random DC coefficients in [0, 1/255): rgb = 0.5 + C0 * sh in [0.5, 0.5011)
     rng = np.random.default_rng(seed)
     xyz = rng.uniform(-1.3, 1.3, size=(NUM_RANDOM_POINTS, 3)).astype(np.float32)
-    colors = rng.uniform(0.0, 1.0, size=(NUM_RANDOM_POINTS, 3)).astype(np.float32)
+    sh_dc = rng.uniform(0.0, 1.0 / 255.0, size=(NUM_RANDOM_POINTS, 3))
+    colors = SH2RGB(sh_dc).astype(np.float32)
     pcd = BasicPointCloud(points=xyz, colors=colors, normals=np.zeros_like(xyz))
     return SceneInfo(point_cloud=pcd, train_cameras=train, test_cameras=test,
                      nerf_normalization=get_nerfpp_norm(train), source_format="blender")

@@ -45,11 +45,16 @@ build_rotation = quaternion_to_rotation  # 3DGS's name, used by densification
 
 
 class GaussianModel:
-    def __init__(self, sh_degree: int = 3):
+    def __init__(self, sh_degree: int = 3, device="cpu"):
+        """`device`: where every tensor of the model (and its optimizer state) lives."""
         self.max_sh_degree = sh_degree
         self.active_sh_degree = 0
-        self.params = {n: torch.empty(0) for n in PARAM_NAMES}
-        self.filter_3D = torch.empty(0)
+        self.device = torch.device(device)
+        self.params = {n: torch.empty(0, device=self.device) for n in PARAM_NAMES}
+        self.filter_3D = torch.empty(0, device=self.device)
+        # the screen-space filter the model renders with (scene/conventions.py): "mip" = Mip-Splatting's
+        # 2D mip filter (ours), "inria" = 3DGS's 0.3 px^2 dilation; set where a model folder is loaded
+        self.filter_2d = "mip"
         self.optimizer = None
         self.spatial_lr_scale = 1.0
         self.xyz_scheduler = None
@@ -117,16 +122,17 @@ class GaussianModel:
         scales = np.log(np.sqrt(np.maximum(mean_sq, 1e-7)))
         n = len(pts)
         k_rest = (self.max_sh_degree + 1) ** 2 - 1
-        f_dc = RGB2SH(torch.tensor(np.asarray(pcd.colors), dtype=torch.float32)).reshape(n, 1, 3)
+        dev = self.device
+        f_dc = RGB2SH(torch.tensor(np.asarray(pcd.colors), dtype=torch.float32, device=dev)).reshape(n, 1, 3)
         self.params = {
-            "xyz": torch.tensor(pts, dtype=torch.float32),
+            "xyz": torch.tensor(pts, dtype=torch.float32, device=dev),
             "f_dc": f_dc,
-            "f_rest": torch.zeros(n, k_rest, 3),
-            "opacity": inverse_sigmoid(torch.full((n, 1), init_opacity)),
-            "scaling": torch.tensor(scales, dtype=torch.float32)[:, None].repeat(1, 3),
-            "rotation": torch.cat([torch.ones(n, 1), torch.zeros(n, 3)], dim=1),
+            "f_rest": torch.zeros(n, k_rest, 3, device=dev),
+            "opacity": inverse_sigmoid(torch.full((n, 1), init_opacity, device=dev)),
+            "scaling": torch.tensor(scales, dtype=torch.float32, device=dev)[:, None].repeat(1, 3),
+            "rotation": torch.cat([torch.ones(n, 1, device=dev), torch.zeros(n, 3, device=dev)], dim=1),
         }
-        self.filter_3D = torch.zeros(n, 1)
+        self.filter_3D = torch.zeros(n, 1, device=dev)
         for p in self.params.values():
             p.requires_grad_(True)
 
@@ -207,7 +213,8 @@ class GaussianModel:
                             buf = torch.zeros_like(new)
                         else:  # appended rows
                             extra = new.shape[0] - buf.shape[0]
-                            buf = torch.cat([buf, torch.zeros((extra,) + buf.shape[1:], dtype=buf.dtype)], dim=0)
+                            buf = torch.cat([buf, torch.zeros((extra,) + buf.shape[1:], dtype=buf.dtype,
+                                                                 device=buf.device)], dim=0)
                         state[key] = buf
                     self.optimizer.state[new] = state
                 group["params"][0] = new
@@ -227,8 +234,9 @@ class GaussianModel:
     def restore(self, state: dict, opt=None):
         self.active_sh_degree = state["active_sh_degree"]
         self.max_sh_degree = state["max_sh_degree"]
-        self.params = {n: p.clone().requires_grad_(True) for n, p in state["params"].items()}
-        self.filter_3D = state["filter_3D"].clone()
+        # .to(self.device): a checkpoint written on another device (or loaded to CPU) lands on the model's
+        self.params = {n: p.detach().to(self.device, copy=True).requires_grad_(True) for n, p in state["params"].items()}
+        self.filter_3D = state["filter_3D"].to(self.device, copy=True)
         self.spatial_lr_scale = state["spatial_lr_scale"]
         if opt is not None:
             self.training_setup(opt)
@@ -250,7 +258,7 @@ class GaussianModel:
         p = {n: t.detach().cpu().float() for n, t in self.params.items()}
         n = p["xyz"].shape[0]
         f_rest = p["f_rest"].transpose(1, 2).reshape(n, -1)
-        columns = [p["xyz"], torch.zeros(n, 3), p["f_dc"].reshape(n, 3), f_rest, p["opacity"],
+        columns = [p["xyz"], torch.zeros(n, 3, device="cpu"), p["f_dc"].reshape(n, 3), f_rest, p["opacity"],
                    p["scaling"], p["rotation"], self.filter_3D.detach().cpu().float().reshape(n, 1)]
         data = torch.cat(columns, dim=1).numpy()
         names = self.ply_attribute_names()
@@ -299,8 +307,64 @@ class GaussianModel:
                                  "the file is truncated or not a PLY, re-save the model") from None
         if not all(np.isfinite(v).all() for v in data.values()):
             raise PlyFormatError(f"{path} contains NaN/inf values; the model diverged or the file is corrupt")
-        self.params = {k: torch.tensor(np.ascontiguousarray(v), dtype=torch.float32).requires_grad_(True)
-                       for k, v in data.items()}
-        self.filter_3D = torch.tensor(filt)
+        self.params = {k: torch.tensor(np.ascontiguousarray(v), dtype=torch.float32, device=self.device)
+                       .requires_grad_(True) for k, v in data.items()}
+        self.filter_3D = torch.tensor(filt, device=self.device)
         self.max_sh_degree = degree
         self.active_sh_degree = degree
+
+    # ---- the 3D filter folded in, for viewers that ignore filter_3D ------------------------------
+    @torch.no_grad()
+    def fused_copy(self):
+        """A copy of this model whose plain Gaussians are its filtered ones, with filter_3D = 0.
+
+        Convolving a Gaussian with the isotropic 3D filter is exact to store in the Gaussian itself
+        (Mip-Splatting eq. 8; get_scaling_with_3D_filter and get_opacity_with_3D_filter):
+        scale' = sqrt(s^2 + f^2) per axis, opacity' = opacity * sqrt(prod s^2 / prod(s^2 + f^2)), kept
+        as log-scale and logit (computed in float64). A renderer that ignores filter_3D then draws
+        what this model draws with it, under the same 2D filter (`filter_2d` is copied).
+        """
+        fused = GaussianModel(self.max_sh_degree, device=self.device)
+        fused.active_sh_degree = self.active_sh_degree
+        fused.spatial_lr_scale = self.spatial_lr_scale
+        fused.filter_2d = self.filter_2d
+        params = {n: t.detach().clone() for n, t in self.params.items()}
+        if self.num_points:
+            s2 = torch.exp(2.0 * params["scaling"].double())
+            f2 = self.filter_3D.detach().double().square().reshape(-1, 1)
+            coef = torch.sqrt(s2.prod(dim=1, keepdim=True) / (s2 + f2).prod(dim=1, keepdim=True))
+            opacity = (torch.sigmoid(params["opacity"].double()) * coef).clamp(1e-12, 1.0 - 1e-12)
+            params["scaling"] = (0.5 * torch.log(s2 + f2)).to(params["scaling"].dtype)
+            params["opacity"] = torch.log(opacity / (1.0 - opacity)).to(params["opacity"].dtype)
+        fused.params = {n: t.requires_grad_(True) for n, t in params.items()}
+        fused.filter_3D = torch.zeros(self.num_points, 1, device=self.device)
+        return fused
+
+    def ply_vertex_array(self, with_filter_3D=True):
+        """The model as a structured numpy array of PLY vertex rows (3DGS property order; f_rest
+        channel-major), with or without the trailing filter_3D column."""
+        p = {n: t.detach().cpu().float() for n, t in self.params.items()}
+        n = p["xyz"].shape[0]
+        f_rest = p["f_rest"].transpose(1, 2).reshape(n, -1)
+        columns = [p["xyz"], torch.zeros(n, 3, device="cpu"), p["f_dc"].reshape(n, 3), f_rest, p["opacity"],
+                   p["scaling"], p["rotation"]]
+        names = self.ply_attribute_names()
+        if with_filter_3D:
+            columns.append(self.filter_3D.detach().cpu().float().reshape(n, 1))
+        else:
+            names = [a for a in names if a != "filter_3D"]
+        data = torch.cat(columns, dim=1).numpy()
+        arr = np.empty(n, dtype=[(a, "f4") for a in names])
+        for i, a in enumerate(names):
+            arr[a] = data[:, i]
+        return arr
+
+    @torch.no_grad()
+    def save_fused_ply(self, path):
+        """Write the standard 3DGS PLY of `fused_copy()`: no filter_3D property, the 3D filter folded
+        into scales and opacities, so viewers that ignore filter_3D draw the filtered model. The
+        header is plyfile's plain one (no comments: Inria's SIBR viewer reads the vertex count from
+        its third line). Written atomically."""
+        arr = self.fused_copy().ply_vertex_array(with_filter_3D=False)
+        with atomic_write(path, "wb") as f:
+            PlyData([PlyElement.describe(arr, "vertex")]).write(f)

@@ -9,6 +9,6 @@ cd "$(dirname "$0")/.."
 DATA=$1; OUT=$2; shift 2
 SCENES=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do SCENES+=("$1"); shift; done; [ "${1:-}" = "--" ] && shift
 [ ${#SCENES[@]} -gt 0 ] || SCENES=(bicycle flowers garden stump treehill room counter kitchen bonsai)
-[ -f .venv/bin/activate ] && . .venv/bin/activate
+. scripts/lib/pyenv.sh; threedsr_activate || true  # an active conda environment (not base) is kept, else .venv
 . scripts/lib/batch.sh
 run_batch "$DATA" "$OUT" "${SCENES[*]}" --lr_res 8 --scale 4 "$@"

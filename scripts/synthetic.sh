@@ -18,7 +18,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 bash scripts/setup.sh || exit 1
-. .venv/bin/activate
+. scripts/lib/pyenv.sh
+threedsr_activate || exit 1  # an active conda environment (not base) is kept, else .venv
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 SR_MODEL=${SR_MODEL:-embedded-x4}
 if [ "$QUICK" = 1 ]; then

@@ -217,13 +217,14 @@ class PixelPriorSR(DiffusionSR):
             except (OSError, ValueError, KeyError) as exc:
                 raise ModelNotFoundError(f"cannot load the {what} from SR model folder '{folder}' "
                                          f"({first_line(exc)}); is the folder complete?") from None
-        unet = load("unet", lambda: UNet2DModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype,
-                                                                local_files_only=True,
-                                                                low_cpu_mem_usage=is_accelerate_available()))
-        sched_cfg = dict(load("scheduler", lambda: DDIMScheduler.load_config(folder, subfolder="scheduler",
-                                                                             local_files_only=True)))
-        sched_cfg.setdefault("clip_sample", False)
-        scheduler = load("scheduler", lambda: DDIMScheduler.from_config(sched_cfg))
+        with torch.device("cpu"):  # built on the CPU explicitly, moved to `device` in __init__
+            unet = load("unet", lambda: UNet2DModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype,
+                                                                    local_files_only=True,
+                                                                    low_cpu_mem_usage=is_accelerate_available()))
+            sched_cfg = dict(load("scheduler", lambda: DDIMScheduler.load_config(folder, subfolder="scheduler",
+                                                                                 local_files_only=True)))
+            sched_cfg.setdefault("clip_sample", False)
+            scheduler = load("scheduler", lambda: DDIMScheduler.from_config(sched_cfg))
         kept = {k: v for k, v in opts.items() if k in OPTIONS}
         return cls(unet, scheduler, prior_config, name=name, device=device, dtype=dtype, **kept)
 

@@ -129,27 +129,30 @@ class SDx4Upscaler(DiffusionSR):
         max_noise_level = int(index.get("max_noise_level", 350))
         _check_options(opts.get("noise_level", 20), max_noise_level, opts.get("timestep_spacing", "trailing"))
         common = dict(local_files_only=True, low_cpu_mem_usage=is_accelerate_available())
-        unet = _load_component("unet", folder, lambda: UNet2DConditionModel.from_pretrained(
-            folder, subfolder="unet", torch_dtype=dtype, **common))
-        vae_config = _load_component("vae", folder, lambda: AutoencoderKL.load_config(
-            folder, subfolder="vae", local_files_only=True))
-        vae = _load_component("vae", folder, lambda: AutoencoderKL.from_pretrained(
-            folder, subfolder="vae", torch_dtype=_vae_dtype(dtype, vae_config), **common))
-        # The DDIM math needs only the schedule's config, whatever scheduler class the folder names.
-        # DDIMScheduler defaults clip_sample to True (meant for pixel-space models): clip only if asked.
-        scheduler_config = dict(_load_component("scheduler", folder, lambda: DDIMScheduler.load_config(
-            folder, subfolder="scheduler", local_files_only=True)))
-        scheduler_config.setdefault("clip_sample", False)
-        scheduler = _load_component("scheduler", folder, lambda: DDIMScheduler.from_config(scheduler_config))
-        low_res = _load_component("low_res_scheduler", folder, lambda: DDPMScheduler.from_pretrained(
-            folder, subfolder="low_res_scheduler", local_files_only=True))
+        # Everything is built on the CPU explicitly (whatever torch's default device is) and moved to
+        # `device` in __init__; the schedulers' tables stay on the CPU.
+        with torch.device("cpu"):
+            unet = _load_component("unet", folder, lambda: UNet2DConditionModel.from_pretrained(
+                folder, subfolder="unet", torch_dtype=dtype, **common))
+            vae_config = _load_component("vae", folder, lambda: AutoencoderKL.load_config(
+                folder, subfolder="vae", local_files_only=True))
+            vae = _load_component("vae", folder, lambda: AutoencoderKL.from_pretrained(
+                folder, subfolder="vae", torch_dtype=_vae_dtype(dtype, vae_config), **common))
+            # The DDIM math needs only the schedule's config, whatever scheduler class the folder names.
+            # DDIMScheduler defaults clip_sample to True (meant for pixel-space models): clip only if asked.
+            scheduler_config = dict(_load_component("scheduler", folder, lambda: DDIMScheduler.load_config(
+                folder, subfolder="scheduler", local_files_only=True)))
+            scheduler_config.setdefault("clip_sample", False)
+            scheduler = _load_component("scheduler", folder, lambda: DDIMScheduler.from_config(scheduler_config))
+            low_res = _load_component("low_res_scheduler", folder, lambda: DDPMScheduler.from_pretrained(
+                folder, subfolder="low_res_scheduler", local_files_only=True))
 
-        device = torch.device(device)
-        guidance = float(opts.get("guidance_scale", 1.0))
-        prompts = [prompt] + ([negative_prompt] if guidance > 1.0 else [])
-        cross_dim = unet.config.cross_attention_dim
-        cross_dim = int(cross_dim if isinstance(cross_dim, int) else cross_dim[0])
-        embeds = _embed_prompts(folder, index, prompts, device, dtype, cross_dim, name)
+            device = torch.device(device)
+            guidance = float(opts.get("guidance_scale", 1.0))
+            prompts = [prompt] + ([negative_prompt] if guidance > 1.0 else [])
+            cross_dim = unet.config.cross_attention_dim
+            cross_dim = int(cross_dim if isinstance(cross_dim, int) else cross_dim[0])
+            embeds = _embed_prompts(folder, index, prompts, device, dtype, cross_dim, name)
         return cls(unet, vae, scheduler, low_res, embeds[0], embeds[1] if len(embeds) > 1 else None,
                    name=name, device=device, dtype=dtype,
                    max_noise_level=max_noise_level, **opts)
@@ -247,7 +250,7 @@ def _embed_prompts(folder, index, prompts, device, dtype, cross_dim, name):
             raise ModelNotFoundError(f"a prompt needs a text encoder, but for SR model '{name}' {reason}")
         print(f"[sr] {reason}: using a zero prompt embedding [1, {CLIP_MAX_LENGTH}, {cross_dim}] "
               "in place of the empty prompt's")
-        return [torch.zeros(1, CLIP_MAX_LENGTH, cross_dim) for _ in prompts]
+        return [torch.zeros(1, CLIP_MAX_LENGTH, cross_dim, device="cpu") for _ in prompts]
 
     tok_cls = getattr(transformers, index["tokenizer"][1], None) or transformers.AutoTokenizer
     enc_cls = getattr(transformers, index["text_encoder"][1], None) or transformers.AutoModel

@@ -6,9 +6,17 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Scripts with --device: tests check CPU guarantees (bit-identical resume, backend parity), so they run on
+# the CPU even on a GPU machine unless a test names a device; the device canary covers the CUDA path.
+DEVICE_SCRIPTS = ("train.py", "render.py", "sr_refine.py")
+
+
 def run_script(args, check=True, timeout=900):
     """`python <args>` in the repository root; on failure (check=True) the output tails go in the error."""
-    proc = subprocess.run([sys.executable] + list(args), cwd=ROOT, capture_output=True, text=True,
+    args = list(args)
+    if args and os.path.basename(args[0]) in DEVICE_SCRIPTS and "--device" not in args:
+        args += ["--device", "cpu"]
+    proc = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -1,6 +1,12 @@
 """Fixtures shared by several test modules."""
+import os
+
 import pytest
 import torch
+
+# Tests never touch the network: SR weights missing from the cache are an error, not a download
+# (sr.hub reads this at call time; subprocesses inherit it). Download tests fake the Hub and lift it.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="module")

@@ -65,12 +65,12 @@ def edge_scene(seed, dtype=torch.float32):
     return [torch.cat([gr[i] for gr in groups]) for i in range(5)]
 
 
-def run(fn, scene, K, W, H, bg, weights, kernel_size=0.1, viewmat=None):
+def run(fn, scene, K, W, H, bg, weights, kernel_size=0.1, viewmat=None, compensate=True):
     dtype = scene[0].dtype
     viewmat = torch.eye(4, dtype=dtype) if viewmat is None else viewmat
     inputs = [t.clone().requires_grad_(True) for t in scene]
     offset = torch.zeros(scene[0].shape[0], 2, dtype=dtype, requires_grad=True)
-    out = fn(*inputs, viewmat, K, W, H, bg, kernel_size=kernel_size, means2d_offset=offset)
+    out = fn(*inputs, viewmat, K, W, H, bg, kernel_size=kernel_size, means2d_offset=offset, compensate=compensate)
     loss = ((out["image"] * weights[0]).sum() + (out["depth"] * weights[1]).sum()
             + (out["alpha"] * weights[2]).sum() + (out["means2d"] * weights[3]).sum())
     loss.backward()
@@ -84,7 +84,8 @@ def loss_weights(W, H, n, dtype, seed=7):
             torch.rand(1, H, W, generator=g, dtype=dtype) - 0.5, 1e-3 * torch.randn(n, 2, generator=g, dtype=dtype)]
 
 
-def assert_parity(scene, K, W, H, bg, kernel_size=0.1, image_tol=1e-5, rtol=1e-3, atol=1e-6, viewmat=None):
+def assert_parity(scene, K, W, H, bg, kernel_size=0.1, image_tol=1e-5, rtol=1e-3, atol=1e-6, viewmat=None,
+                  compensate=True):
     """Outputs within image_tol, radii equal, every gradient allclose(rtol, atol).
 
     In float32 both implementations round, and a gradient component that cancels to ~1e-3 of its
@@ -97,8 +98,8 @@ def assert_parity(scene, K, W, H, bg, kernel_size=0.1, image_tol=1e-5, rtol=1e-3
       float32 reference makes.
     """
     w = loss_weights(W, H, scene[0].shape[0], scene[0].dtype)
-    ref, g_ref = run(torch_backend.rasterize, scene, K, W, H, bg, w, kernel_size, viewmat)
-    out, g_out = run(cpu_backend.rasterize, scene, K, W, H, bg, w, kernel_size, viewmat)
+    ref, g_ref = run(torch_backend.rasterize, scene, K, W, H, bg, w, kernel_size, viewmat, compensate)
+    out, g_out = run(cpu_backend.rasterize, scene, K, W, H, bg, w, kernel_size, viewmat, compensate)
     assert torch.equal(out["radii"], ref["radii"]) and out["radii"].dtype == torch.int32
     for key in ("image", "depth", "alpha", "means2d"):
         assert out[key].shape == ref[key].shape, key
@@ -112,7 +113,8 @@ def assert_parity(scene, K, W, H, bg, kernel_size=0.1, image_tol=1e-5, rtol=1e-3
         if bad.any() and a.dtype == torch.float32:
             if g_ref64 is None:
                 _, g_ref64 = run(torch_backend.rasterize, [t.double() for t in scene], K.double(), W, H, bg.double(),
-                                 [t.double() for t in w], kernel_size, None if viewmat is None else viewmat.double())
+                                 [t.double() for t in w], kernel_size, None if viewmat is None else viewmat.double(),
+                                 compensate)
             exact, a64, b64 = g_ref64[name], a.double(), b.double()
             row = exact.abs() if exact.dim() == 1 else exact.norm(dim=1, keepdim=True).expand_as(exact)
             rows = row > 1e-4
@@ -176,6 +178,65 @@ def test_no_mip_filter_and_dense_overlap_parity():
     assert_parity(scene, camera(W, H), W, H, torch.zeros(3), kernel_size=0.0)
 
 
+# ---- Inria 3DGS's 2D filter: a 0.3 px^2 dilation without opacity compensation ------------------
+@pytest.mark.parametrize("seed,W,H,n,cx,cy", [
+    (0, 64, 48, 1500, None, None),
+    (1, 61, 37, 800, 25.3, 21.9),
+])
+def test_inria_filter_random_scene_parity_fp32(seed, W, H, n, cx, cy):
+    scene = random_scene(n, seed)
+    K = camera(W, H, cx=cx, cy=cy)
+    ref, _ = assert_parity(scene, K, W, H, torch.tensor([0.1, 0.5, 0.9]), kernel_size=0.3, compensate=False)
+    assert (ref["radii"] > 0).sum() > 0.5 * n
+
+
+def test_inria_filter_edge_cases_parity_fp32_and_fp64():
+    """Sub-pixel splats are where the two filters differ most; the compensation's gradient path to
+    the covariance must be off in the C++ backward exactly as autograd has it off in the reference."""
+    W, H = 53, 43
+    K = camera(W, H, cx=29.0, cy=18.5)
+    bg = torch.tensor([0.3, 0.2, 0.7])
+    ref, out = assert_parity(edge_scene(seed=3), K, W, H, bg, kernel_size=0.3, compensate=False)
+    mip, _ = assert_parity(edge_scene(seed=3), K, W, H, bg, kernel_size=0.1, compensate=True)
+    assert float((ref["image"] - mip["image"]).abs().max()) > 0.05  # the conventions really differ
+    a = 0.3
+    R = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]], dtype=torch.float64)
+    viewmat = torch.eye(4, dtype=torch.float64)
+    viewmat[:3, :3] = R
+    viewmat[:3, 3] = torch.tensor([0.4, -0.1, 0.3], dtype=torch.float64)
+    assert_parity(edge_scene(seed=4, dtype=torch.float64), camera(45, 35, cx=20.2, cy=19.1, dtype=torch.float64),
+                  45, 35, bg.double(), kernel_size=0.3, compensate=False, image_tol=1e-12, rtol=1e-9, atol=1e-11,
+                  viewmat=viewmat)
+
+
+def test_inria_filter_keeps_opacity_and_its_gradient_unscaled():
+    """Without compensation dL/d(opacity) is the gradient w.r.t. the composited opacity itself: a
+    single splat's peak alpha is its opacity times the Gaussian at the pixel, in both backends."""
+    W = H = 16
+    means = torch.tensor([[0.0, 0.0, 2.0]])
+    quats = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    scales = torch.full((1, 3), 0.004)  # 0.08 px: far below a pixel
+    K = torch.tensor([[40.0, 0, 8.0], [0, 40.0, 8.0], [0, 0, 1]])
+    for fn in (torch_backend.rasterize, cpu_backend.rasterize):
+        opac = torch.tensor([0.6], requires_grad=True)
+        out = fn(means, quats, scales, opac, torch.ones(1, 3), torch.eye(4), K, W, H, torch.zeros(3),
+                 kernel_size=0.3, compensate=False)
+        var = (40.0 * 0.004 / 2.0) ** 2 + 0.3
+        peak = 0.6 * math.exp(-0.5 * 2 * 0.5 ** 2 / var)  # pixel (7, 7): centre 0.5 px off on both axes
+        assert float(out["alpha"][0, 7, 7]) == pytest.approx(peak, rel=1e-5)
+        out["alpha"][0, 7, 7].backward()
+        assert float(opac.grad) == pytest.approx(peak / 0.6, rel=1e-5)
+
+
+def test_an_extension_without_the_flag_is_refused_in_one_line(monkeypatch):
+    """A stale build (API 1: no `compensate`) still renders the Mip filter and refuses Inria's."""
+    from utils.errors import BackendUnavailableError
+    monkeypatch.setattr(cpu_backend, "_C", type("OldBuild", (), {})())
+    assert cpu_backend._filter_args(True) == {}
+    with pytest.raises(BackendUnavailableError, match="rebuild it"):
+        cpu_backend._filter_args(False)
+
+
 def test_background_gradient_and_no_grad_forward():
     W, H = 24, 16
     scene = random_scene(200, seed=5)
@@ -233,7 +294,7 @@ def test_render_through_registry_matches_torch_backend():
     from scene.dataset_readers import BasicPointCloud
     from scene.gaussian_model import GaussianModel
 
-    assert backend_status("cpu")[0]
+    assert backend_status("cpu", "cpu")[0]
     assert _rasterizer("cpu") is cpu_backend.rasterize
     rng = np.random.default_rng(0)
     n = 300

@@ -22,13 +22,14 @@ def small_scene(n=4, seed=0, dtype=torch.float64):
     return means, quats, scales, opac, colors, viewmat, K
 
 
-def test_gradients_match_finite_differences():
+@pytest.mark.parametrize("kernel_size,compensate", [(0.1, True), (0.3, False)])  # Mip-Splatting's, Inria's
+def test_gradients_match_finite_differences(kernel_size, compensate):
     means, quats, scales, opac, colors, viewmat, K = small_scene()
     bg = torch.tensor([0.2, 0.3, 0.1], dtype=torch.float64)
     weights = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
     def f(m, q, s, o, c):
-        out = rasterize(m, q, s, o, c, viewmat, K, 16, 16, bg, kernel_size=0.1)
+        out = rasterize(m, q, s, o, c, viewmat, K, 16, 16, bg, kernel_size=kernel_size, compensate=compensate)
         return (out["image"] * weights).sum() + 0.1 * (out["depth"] * weights[:1]).sum()
 
     inputs = [t.clone().requires_grad_(True) for t in (means, quats, scales, opac, colors)]
@@ -53,8 +54,11 @@ def test_means2d_offset_gradient_is_pixel_gradient():
         assert float((up - dn) / (2 * h)) == pytest.approx(float(off.grad[i, 0]), rel=1e-4, abs=1e-7)
 
 
-def test_single_gaussian_matches_closed_form():
-    """One isotropic Gaussian facing the camera: pixel value = bg + a(c - bg) with the EWA alpha."""
+@pytest.mark.parametrize("k,compensate", [(0.1, True), (0.3, False), (0.0, True)])
+def test_single_gaussian_matches_closed_form(k, compensate):
+    """One isotropic Gaussian facing the camera: pixel value = bg + a(c - bg) with the EWA alpha;
+    the 2D filter adds k to the variance and, with compensation, scales the opacity by
+    sqrt(det / det') (Mip-Splatting); without it (Inria 3DGS, k = 0.3) the opacity is kept."""
     dtype = torch.float64
     means = torch.tensor([[0.0, 0.0, 2.0]], dtype=dtype)
     quats = torch.tensor([[1.0, 0, 0, 0]], dtype=dtype)
@@ -65,10 +69,10 @@ def test_single_gaussian_matches_closed_form():
     f, W = 40.0, 16
     K = torch.tensor([[f, 0, W / 2], [0, f, W / 2], [0, 0, 1]], dtype=dtype)
     bg = torch.tensor([0.0, 0.0, 1.0], dtype=dtype)
-    k = 0.1
-    out = rasterize(means, quats, scales, opac, colors, torch.eye(4, dtype=dtype), K, W, W, bg, kernel_size=k)
+    out = rasterize(means, quats, scales, opac, colors, torch.eye(4, dtype=dtype), K, W, W, bg, kernel_size=k,
+                    compensate=compensate)
     var = (f * s / 2.0) ** 2  # image-plane variance of a fronto-parallel Gaussian on the axis
-    comp = math.sqrt(var * var / ((var + k) ** 2))
+    comp = math.sqrt(var * var / ((var + k) ** 2)) if compensate else 1.0
     for (u, v) in [(8, 8), (9, 7), (6, 10)]:
         dx, dy = u + 0.5 - W / 2, v + 0.5 - W / 2
         a = 0.7 * comp * math.exp(-0.5 * (dx * dx + dy * dy) / (var + k))

@@ -22,7 +22,7 @@ def model(tmp_path_factory):
     scene = str(tmp_path_factory.mktemp("scene") / "tiny")
     make_scene(scene, views=8, width=128, height=96, kind="llff", seed=4, num_points=800, progress=False)
     out = str(tmp_path_factory.mktemp("model") / "tiny")
-    backend = "cpu" if backend_status("cpu")[0] else "torch"
+    backend = "cpu" if backend_status("cpu", "cpu")[0] else "torch"
     run(["train.py", "-s", scene, "-m", out, "-r", "4", "--iterations", "100", "--densify_until_iter", "0",
          "--test_iterations", "100", "--save_iterations", "100", "--backend", backend, "--quiet"])
     return out
@@ -58,7 +58,7 @@ def test_video_follows_the_train_cameras(model):
     assert np.abs(frames[0] - last).mean() > np.abs(frames[0] - first).mean() + 0.02  # and the views differ
     # at -r 2 (a model trained at -r 4 rendered at 2x) the video has the 2x size and its own name
     proc = run(["render.py", "-m", model, "-r", "2", "--video", "--video_frames", "2", "--quiet"])
-    frames = read_video(os.path.join(model, "video", "ours_100_r2.mp4"))
+    frames = read_video(os.path.join(model, "video", "lr-3dgs_x2.mp4"))
     assert len(frames) == 2 and frames[0].shape == (48, 64, 3)
 
 

@@ -59,7 +59,7 @@ def test_run_scene_records_missing_sr_weights(scene, tmp_path):
     why = json.load(open(os.path.join(model, "unavailable.json")))
     assert list(why) == ["3dsr"] and "does not exist" in why["3dsr"]
     assert sorted(json.load(open(os.path.join(model, "results.json")))) == ["lr-3dgs"]
-    assert not os.path.exists(os.path.join(model, "point_cloud", "iteration_sr"))
+    assert not os.path.exists(os.path.join(model, "sr", "sr"))
 
 
 def test_run_scene_bad_scale(scene, tmp_path):

@@ -186,10 +186,11 @@ def test_sr_refine_cli_tiny_x4_end_to_end(lr_model, tiny_sr_folder, tmp_path):
     assert "sr_model" in open(os.path.join(run_dir, "cfg_args")).read()
     # the adapter's options are part of the settings a checkpoint resumes under (not the batch size)
     assert log["settings"]["sr_options"]["noise_level"] == 20 and "sr_batch" not in log["settings"]["sr_options"]
-    # the result is an ordinary iteration: render.py renders it at HR
-    run(["render.py", "-m", model, "--iteration", "sr", "-r", "1", "--skip_train", "--quiet"])
-    img = Image.open(os.path.join(model, "test", "ours_sr_r1", "renders", "00000.png"))
+    # the result is an iteration of the model folder: render.py renders it at HR (its own scale) into 3dsr/
+    run(["render.py", "-m", model, "--iteration", "sr", "--skip_train", "--quiet"])
+    img = Image.open(os.path.join(model, "test", "3dsr", "renders", "00000.png"))
     assert img.size == (256, 192)
+    assert os.path.isfile(os.path.join(model, "test", "3dsr", "gt", "00000.png"))  # images_1 exist at x4
     # a finished run resumed is a no-op
     proc = run(["sr_refine.py", "-m", model, "--sr_model", tiny_sr_folder, "--steps", "2", "--iters_per_step",
                 "20", "--final_iters", "10", "--resume", "--quiet"])
@@ -379,9 +380,11 @@ def test_bad_inputs_fail_cleanly(lr_model, tiny_scene, tiny_sr_folder, tmp_path)
     base = ["sr_refine.py", "-m", model, "--steps", "1", "--iters_per_step", "2", "--final_iters", "1", "--quiet"]
     expect_error(base + ["--sr_model", "no-such-model"], "unknown SR model")
     expect_error(base + ["--sr_model", str(tmp_path / "missing_folder")], "does not exist")
-    expect_error(base + ["--sr_model", tiny_sr_folder, "--scale", "3"], "does not divide")
+    expect_error(base + ["--sr_model", tiny_sr_folder, "--scale", "3"], "upscales x4")
+    expect_error(base + ["--mode", "bicubic", "--name", "300"], "is a number")
+    expect_error(base + ["--mode", "bicubic", "--hr_images", str(tmp_path / "no_hr")], "does not exist")
     expect_error(base + ["--sr_model", tiny_sr_folder, "--scale", "2"], "upscales x4")
-    expect_error(base + ["--mode", "nonsense"], "unknown --mode")
+    expect_error(base + ["--mode", "nonsense"], "invalid choice: 'nonsense'")
     expect_error(base + ["--mode", "per-view", "--sr_model", tiny_sr_folder, "--published_update"],
                  "--published_update applies to --mode 3dsr")
     assert tree_digest(model) == digest  # nothing written, nothing lost
@@ -426,6 +429,6 @@ def test_sr_refine_cli_stablesr_turbo_tiny_end_to_end(lr_model, tmp_path):
          "--iters_per_step", "3", "--final_iters", "2", "--no_step_images", "--quiet"])
     log = json.load(open(os.path.join(model, "sr", "sr", "log.json")))
     assert log["complete"] and [e["timestep"] for e in log["steps"]] == [999, 0]
-    assert os.path.isfile(os.path.join(model, "point_cloud", "iteration_sr", "point_cloud.ply"))
+    assert os.path.isfile(os.path.join(model, "sr", "sr", "point_cloud", "iteration_8", "point_cloud.ply"))
     expect_error(["sr_refine.py", "-m", model, "--sr_model", "stablesr-turbo", "--name", "other", "--quiet"],
                  "--sr_weights")

@@ -48,9 +48,15 @@ def test_render_writes_layout_at_any_resolution(trained):
     assert Image.open(os.path.join(renders, "00000.png")).size == (64, 48)
     # The LR model rendered at 2x its training resolution (images_2 of the same scene).
     run(["render.py", "-m", model, "-r", "2", "--iteration", "150", "--skip_train", "--quiet"])
-    img = Image.open(os.path.join(model, "test", "ours_150_r2", "renders", "00000.png"))
-    gt = Image.open(os.path.join(model, "test", "ours_150_r2", "gt", "00000.png"))
+    img = Image.open(os.path.join(model, "test", "lr-3dgs_x2", "renders", "00000.png"))
+    gt = Image.open(os.path.join(model, "test", "lr-3dgs_x2", "gt", "00000.png"))
     assert img.size == gt.size == (128, 96)
+    # --upscale 2 is the same render (ground truth from images_2, which exist at that size)
+    run(["render.py", "-m", model, "--upscale", "2", "--iteration", "150", "--skip_train", "--quiet",
+         "--method", "up2"])
+    up = os.path.join(model, "test", "up2")
+    assert list(Image.open(os.path.join(up, "renders", "00000.png")).getdata()) == list(img.getdata())
+    assert os.path.isfile(os.path.join(up, "gt", "00000.png"))
 
 
 def test_resume_from_checkpoint_matches_uninterrupted(trained, tiny_scene, tmp_path):

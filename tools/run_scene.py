@@ -25,6 +25,7 @@ from argparse import ArgumentParser
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from scene.scene import sr_run_ply  # noqa: E402
 from utils.errors import ModelNotFoundError, ThreeDSRError  # noqa: E402
 from utils.system_utils import atomic_write, run_cli  # noqa: E402
 
@@ -127,9 +128,8 @@ def main(argv=None):
                 st.run("render lr-3dgs", render + ["--iteration", it, "--method", method])
             continue
         mode, name = SR_METHODS[method]
-        sr_ply = os.path.join(model, "point_cloud", f"iteration_{name}", "point_cloud.ply")
         log_path = os.path.join(model, "sr", name, "log.json")
-        done = os.path.isfile(sr_ply) and run_complete(log_path)
+        done = sr_run_ply(model, name) is not None and run_complete(log_path)
         if not done:
             if mode != "bicubic":
                 try:

@@ -31,14 +31,15 @@ def split(gaussians, mask, n_children=2, shrink=1.6, generator=None):
         return
     p = {n: gaussians.params[n].detach()[mask] for n in PARAM_NAMES}
     scales = torch.exp(p["scaling"]).repeat(n_children, 1)
-    samples = torch.randn(scales.shape, generator=generator) * scales
+    # drawn on the CPU generator, then moved: the same samples whichever device the model is on
+    samples = torch.randn(scales.shape, generator=generator, device="cpu").to(scales) * scales
     rots = build_rotation(p["rotation"]).repeat(n_children, 1, 1)
     new = {n: p[n].repeat((n_children,) + (1,) * (p[n].dim() - 1)) for n in PARAM_NAMES}
     new["xyz"] = torch.bmm(rots, samples[..., None]).squeeze(-1) + p["xyz"].repeat(n_children, 1)
     new["scaling"] = torch.log(scales / shrink)
     append(gaussians, new, gaussians.filter_3D[mask].repeat(n_children, 1))
     n_new = mask.sum() * n_children
-    remove(gaussians, torch.cat([mask, torch.zeros(int(n_new), dtype=torch.bool)]))
+    remove(gaussians, torch.cat([mask, torch.zeros(int(n_new), dtype=torch.bool, device=mask.device)]))
 
 
 def reset_opacity(gaussians, ceiling=0.01):

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from gaussian_renderer import render
 from sr.latents import ViewLatents
 from training.fit import evaluate, fit_gaussians, rng_state, set_rng_state
+from utils.device import release_cached_memory
 from utils.errors import ModelNotFoundError, ThreeDSRError
 from utils.image_utils import area_downsample, psnr, save_image
 from utils.loss_utils import photometric_loss
@@ -113,24 +114,39 @@ def sr_fit_loss(lr_by_name: dict, scale: int, lambda_lr: float, lambda_dssim: fl
     """
     def loss_fn(pkg, cam):
         rendered = pkg["render"]
-        loss = photometric_loss(rendered, cam.image, lambda_dssim)
+        loss = photometric_loss(rendered, cam.image.to(rendered.device, non_blocking=True), lambda_dssim)
         if lambda_lr > 0:
             low = area_downsample(rendered, scale)
-            loss = loss + lambda_lr * photometric_loss(low, lr_by_name[cam.image_name], lambda_dssim)
+            lr = lr_by_name[cam.image_name].to(rendered.device, non_blocking=True)
+            loss = loss + lambda_lr * photometric_loss(low, lr, lambda_dssim)
         return loss
     return loss_fn
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB: VmHWM of /proc/self/status where it exists (ru_maxrss
+    also carries the RSS of the parent at fork across execve, so a script started by a large process
+    would report that process's size), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
 def peak_memory_mb() -> dict:
     """Peak resident memory of this process (and of CUDA allocations when used), in MiB."""
-    out = {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
+    out = {"peak_memory_mb": peak_rss_mb()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["peak_cuda_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
     return out
 
 
 def mean_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(psnr(a.clamp(0, 1), b.clamp(0, 1)).mean())
+    return float(psnr(a.clamp(0, 1), b.to(a.device).clamp(0, 1)).mean())
 
 
 def latest_checkpoint(run_dir: str) -> Optional[str]:
@@ -180,11 +196,15 @@ class SRRefiner:
         self.names = [c.image_name for c in lr_cameras]
         if len(set(self.names)) != len(self.names):
             raise ThreeDSRError("train views must have distinct image names")
-        self.lr_images = torch.stack([c.image for c in lr_cameras])
+        # LR images (small) on the model's device; HR targets stay where the cameras' images live
+        # (--data_device) and move per fit iteration
+        self.data_device = lr_cameras[0].image.device
+        self.device = gaussians.get_xyz.device if gaussians is not None else self.data_device
+        self.lr_images = torch.stack([c.image for c in lr_cameras]).to(self.device)
         self.hr_cameras = [c.resized(c.width * s, c.height * s) for c in lr_cameras]
         self.loss_fn = sr_fit_loss(dict(zip(self.names, self.lr_images)), s, settings.lambda_lr,
                                    settings.lambda_dssim)
-        self.generator = torch.Generator().manual_seed(int(settings.seed))  # x_T and DDIM noise
+        self.generator = torch.Generator(device="cpu").manual_seed(int(settings.seed))  # x_T and DDIM noise
         self.log: List[dict] = []
         self.last_x0: Optional[torch.Tensor] = None  # the last step's clean estimate (3DSR's final targets)
         check_published_update(settings, self.sr)
@@ -196,7 +216,8 @@ class SRRefiner:
         return fit_gaussians(self.gaussians, cams, self.opt, self.pipe, self.background,
                              kernel_size=self.kernel_size, first_iter=first, last_iter=last,
                              scene_extent=self.scene_extent, loss_fn=self.loss_fn, strategy=self.strategy,
-                             filter_cameras=self.hr_cameras, grow_sh=False, desc=desc, progress=self.progress)
+                             filter_cameras=self.hr_cameras, grow_sh=False, desc=desc, progress=self.progress,
+                             final_iteration=self.settings.total_iterations)
 
     @torch.no_grad()
     def render_all(self) -> torch.Tensor:
@@ -205,7 +226,7 @@ class SRRefiner:
                                    kernel_size=self.kernel_size)["render"].clamp(0, 1) for c in self.hr_cameras])
 
     def _targets_device(self, images: torch.Tensor) -> torch.Tensor:
-        return images.detach().to(self.lr_images.device, torch.float32)
+        return images.detach().to(self.data_device, torch.float32)
 
     def _stats(self, step, t, t_prev, decoded, renders, fit_result, seconds) -> dict:
         s = self.settings.scale
@@ -284,10 +305,11 @@ class SRRefiner:
                                 "same flags to resume, or pass --overwrite to start again")
         if payload["view_names"] != self.names:
             raise ThreeDSRError(f"{path} was written for other train views; pass --overwrite to start again")
-        latents = ViewLatents.from_state_dict(payload["latents"], self.lr_images.device, self.generator, path)
+        latents = ViewLatents.from_state_dict(payload["latents"], self.sr.device if self.sr is not None else self.device,
+                                            self.generator, path)
         self.gaussians.restore(payload["gaussians"], self.opt)
         if self.strategy is not None and payload["strategy"] is not None:
-            self.strategy.load_state_dict(payload["strategy"])
+            self.strategy.load_state_dict(payload["strategy"], device=self.device)
         set_rng_state(payload["rng"])
         self.log = list(payload["log"])
         last = payload.get("last_x0")
@@ -319,7 +341,7 @@ class SRRefiner:
         """N(0, I) of the latents' shape from the sampling generator, for the published update (`what`
         and `step` name the draw: tests substitute the oracle's noises here)."""
         shape = self.sr.latent_shape(tuple(self.lr_images.shape))
-        return torch.randn(shape, generator=self.generator, dtype=torch.float32).to(self.sr.device)
+        return torch.randn(shape, generator=self.generator, dtype=torch.float32, device="cpu").to(self.sr.device)
 
     def _published_start(self) -> ViewLatents:
         """x_T as the published code makes it; its LR-latent sample is step 0's structure condition,
@@ -333,9 +355,11 @@ class SRRefiner:
         """3DSR: fit the Gaussians to the decoded proposals, and use the encoded renders as z."""
         st = self.settings
         decoded = self._targets_device(self.sr.decode(x0, self.lr_images))
+        release_cached_memory(self.sr.device)  # the decoder's activations, before the fit's working set
         first = (k - 1) * st.iters_per_step + 1
         fit = self.fit(decoded, first, first + st.iters_per_step - 1, desc=f"step {k}/{st.steps} t={t} fit")
         renders = self.render_all()
+        release_cached_memory(self.device)
         z = None if st.published_update else self.sr.encode(renders, self.lr_images)
         return {"z": z, "decoded": decoded, "renders": renders, "fit": fit}
 
@@ -386,6 +410,7 @@ class SRRefiner:
             targets = self._targets_device(sr.decode(latents.latents, self.lr_images))
         else:
             targets = bicubic_upsample(self.lr_images, st.scale)
+        release_cached_memory(self.device)
         first = st.steps * st.iters_per_step + 1 if st.mode == "3dsr" else 1
         fit_result = None
         if st.total_iterations >= first:

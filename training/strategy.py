@@ -1,6 +1,6 @@
 """Densification as a strategy object: the training routine asks it, it does not contain it."""
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -21,8 +21,11 @@ class DensifyStrategy:
     grad_threshold: float = 0.0002        # mean NDC gradient norm that marks under-reconstruction
     percent_dense: float = 0.01           # clone if max scale <= this x scene extent, else split
     min_opacity: float = 0.005            # prune below this opacity
-    max_screen_size: int = 20             # prune radii above this (pixels) after the first reset
-    world_size_fraction: float = 0.1      # ... and world scales above this x scene extent
+    max_screen_size: int = 20             # screen_size_pruning: prune max radii above this (pixels)
+    world_size_fraction: float = 0.1      # after the first reset, prune world scales above this x extent
+    # Off as in the references: 3DGS / Mip-Splatting zero max_radii2D in densification_postfix (run by
+    # every densify_and_clone) before their size test, so `max_radii2D > 20` never fires there.
+    screen_size_pruning: bool = False
     white_background: bool = False        # also reset at densify_from_iter (3DGS, for Blender scenes)
     seed: int = 0                         # seeds the split samples
     _state: dict = field(default_factory=dict, repr=False)
@@ -31,7 +34,7 @@ class DensifyStrategy:
     @property
     def generator(self) -> torch.Generator:
         if self._generator is None:
-            self._generator = torch.Generator().manual_seed(self.seed)
+            self._generator = torch.Generator(device="cpu").manual_seed(self.seed)
         return self._generator
 
     @classmethod
@@ -41,44 +44,52 @@ class DensifyStrategy:
                    opacity_reset_interval=opt.opacity_reset_interval,
                    grad_threshold=opt.densify_grad_threshold, percent_dense=opt.percent_dense,
                    min_opacity=opt.min_opacity, max_screen_size=opt.max_screen_size,
-                   white_background=white_background, seed=seed)
+                   screen_size_pruning=opt.screen_size_pruning, white_background=white_background, seed=seed)
 
-    def reset_state(self, n):
-        self._state = {"grad_accum": torch.zeros(n), "denom": torch.zeros(n), "max_radii": torch.zeros(n)}
+    def reset_state(self, n, device="cpu"):
+        self._state = {k: torch.zeros(n, device=device) for k in ("grad_accum", "denom", "max_radii")}
 
     def state_dict(self) -> dict:
         return {"stats": dict(self._state), "generator": self.generator.get_state()}
 
-    def load_state_dict(self, state: dict):
-        self._state = dict(state["stats"])
+    def load_state_dict(self, state: dict, device=None):
+        """`device`: where the statistics go (the model's device; a checkpoint may come from another)."""
+        self._state = {k: (v.to(device) if device is not None else v) for k, v in state["stats"].items()}
         if state.get("generator") is not None:
             self.generator.set_state(state["generator"])
 
-    def step_post_backward(self, iteration, gaussians, render_pkg, camera, scene_extent) -> bool:
+    def step_post_backward(self, iteration, gaussians, render_pkg, camera, scene_extent,
+                           on_densified: Optional[Callable[[], None]] = None) -> bool:
         """Accumulate statistics and densify/prune/reset when due. Returns True if the set of
-        Gaussians changed (so callers refresh anything sized by N, e.g. the 3D filter)."""
+        Gaussians changed. on_densified() runs right after densify/prune, before an opacity reset of
+        the same iteration (Mip-Splatting recomputes its 3D filter there, and the reset uses it)."""
         if iteration >= self.densify_until_iter:
             return False
         n = gaussians.num_points
         if not self._state or self._state["grad_accum"].shape[0] != n:
-            self.reset_state(n)
+            self.reset_state(n, gaussians.get_xyz.device)
         st = self._state
+        # masked updates with torch.where, not boolean indexing: no host sync per iteration on a GPU
+        # (x + 0 and max(x, x) are exact, so the statistics equal the indexed version bit for bit)
         vis = render_pkg["visibility_filter"]
         radii = render_pkg["radii"].to(st["max_radii"].dtype)
-        st["max_radii"][vis] = torch.maximum(st["max_radii"][vis], radii[vis])
+        st["max_radii"] = torch.where(vis, torch.maximum(st["max_radii"], radii), st["max_radii"])
         grad = render_pkg["viewspace_points"].grad
         if grad is not None:
-            ndc = grad[vis, :2] * torch.tensor([camera.width * 0.5, camera.height * 0.5])
-            st["grad_accum"][vis] += ndc.norm(dim=-1)
-            st["denom"][vis] += 1
+            ndc = grad[:, :2] * grad.new_tensor([camera.width * 0.5, camera.height * 0.5])
+            st["grad_accum"] += torch.where(vis, ndc.norm(dim=-1), torch.zeros_like(st["grad_accum"]))
+            st["denom"] += vis.to(st["denom"].dtype)
 
         changed = False
         if iteration > self.densify_from_iter and iteration % self.densification_interval == 0:
-            # 3DGS prunes big-on-screen Gaussians only after the first opacity reset; no resets, no such pruning
+            # 3DGS prunes by size (world scale; nominally screen radius) only after the first opacity
+            # reset; without resets (interval 0, which 3DGS cannot run) there is no size pruning
             resets = self.opacity_reset_interval > 0
             size_limit = self.max_screen_size if resets and iteration > self.opacity_reset_interval else None
             self.densify_and_prune(gaussians, scene_extent, size_limit)
             changed = True
+            if on_densified is not None:
+                on_densified()
         if (self.opacity_reset_interval > 0 and iteration % self.opacity_reset_interval == 0) or (
                 self.white_background and iteration == self.densify_from_iter):
             densify_ops.reset_opacity(gaussians)
@@ -88,26 +99,28 @@ class DensifyStrategy:
     def densify_and_prune(self, gaussians, scene_extent, size_limit):
         st = self._state
         grads = st["grad_accum"] / st["denom"]
-        grads[~torch.isfinite(grads)] = 0.0
+        grads = torch.where(torch.isfinite(grads), grads, torch.zeros_like(grads))
         big = gaussians.get_scaling.max(dim=1).values > self.percent_dense * scene_extent
         hot = grads >= self.grad_threshold
         # Screen-size pruning looks at Gaussians that existed before this step only (new ones have
         # not been seen yet), so carry that flag through the clone and split.
-        too_big_on_screen = st["max_radii"] > size_limit if size_limit is not None else torch.zeros_like(hot)
+        screen = size_limit is not None and self.screen_size_pruning
+        too_big_on_screen = st["max_radii"] > size_limit if screen else torch.zeros_like(hot)
 
         n = gaussians.num_points
         densify_ops.duplicate(gaussians, hot & ~big)
         n_clones = gaussians.num_points - n
         # Clones were appended at the end; they are not split in the same step.
-        split_mask = torch.cat([hot & big, torch.zeros(n_clones, dtype=torch.bool)])
+        no = lambda k: torch.zeros(k, dtype=torch.bool, device=hot.device)  # noqa: E731
+        split_mask = torch.cat([hot & big, no(n_clones)])
         n_children = 2 * int(split_mask.sum())
         densify_ops.split(gaussians, split_mask, generator=self.generator)
-        flag = torch.cat([too_big_on_screen, torch.zeros(n_clones + n_children, dtype=torch.bool)])
-        flag = flag[~torch.cat([split_mask, torch.zeros(n_children, dtype=torch.bool)])]
+        flag = torch.cat([too_big_on_screen, no(n_clones + n_children)])
+        flag = flag[~torch.cat([split_mask, no(n_children)])]
 
         prune = gaussians.get_opacity.squeeze(1) < self.min_opacity
         if size_limit is not None:
             prune |= flag
             prune |= gaussians.get_scaling.max(dim=1).values > self.world_size_fraction * scene_extent
         densify_ops.remove(gaussians, prune)
-        self.reset_state(gaussians.num_points)
+        self.reset_state(gaussians.num_points, gaussians.get_xyz.device)

@@ -38,7 +38,7 @@ def l1_loss(a, b):
 
 def gaussian_kernel_1d(window_size=11, sigma=1.5, dtype=torch.float32, device="cpu"):
     """Normalised 1D Gaussian of `window_size` taps centred on window_size // 2."""
-    x = torch.arange(window_size, dtype=torch.float64) - (window_size // 2)
+    x = torch.arange(window_size, dtype=torch.float64, device="cpu") - (window_size // 2)
     g = torch.exp(-(x * x) / (2.0 * sigma * sigma))
     g = g / g.sum()
     return g.to(dtype=dtype, device=device)

@@ -9,6 +9,10 @@ VAE, and that LR latent conditions the UNet through the structure encoder. Per v
   H    = CFW-decode(x0, LR features, w = dec_w) + wavelet colour fix to the LR image, cropped, in [0, 1]
   z    = SD-VAE posterior mean of the renders (deterministic)
 z_lr' is the LR latent with the view's own posterior-noise draw (`init_cond_noise`), fixed for the run.
+The views' SD-VAE posterior moments of the upsampled LR images are computed once per set of views
+(cached by identity and content of the LR tensor), so every step only draws z_lr' from them: the
+structure condition costs no encoder pass after the first step, and results are those of re-encoding
+(also with --published_update, whose fresh LR-latent sample per step is a fresh draw from the same moments).
 Steps are our DDIM step (sr.sampler) on the respaced timesteps 999, 666, 333, 0. The published 3DSR
 loop's own update (DDPM posterior from the stale x_T, fresh encoder noise every step) is available as
 `published_step` / `published_update` for reproducing the paper (sr_refine.py --published_update;
@@ -16,7 +20,7 @@ tests/test_stablesr.py, part e).
 """
 import math
 import os
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +38,9 @@ COLORFIX = ("wavelet", "none")
 OPTIONS = ("scale", "dec_w", "colorfix", "tile_size", "tile_overlap", "tile_batch", "sr_batch", "vae_tile",
            "vae_tile_overlap")
 _PAD = 64  # pixels: the UNet downsamples the latent (1/8) three times
+# The context width of the SD-2.1 (OpenCLIP ViT-H) text encoder: its embedding is fetched from the Hub
+# only for models of that width (the released one; not the tiny test model).
+AUTO_TEXT_ENCODER_WIDTH = 1024
 
 
 class StableSRTurbo(DiffusionSR):
@@ -69,14 +76,18 @@ class StableSRTurbo(DiffusionSR):
         self.vae_tile, self.vae_tile_overlap = int(vae_tile), int(vae_tile_overlap)
         self.alphas_cumprod = model.schedule.alphas_cumprod_1000.clone()
         self.final_alpha_cumprod = 1.0
-        self._guidance = None  # (lr_images, upsampled padded [-1, 1] images)
+        self._views = None  # _ViewCache of the current LR views
 
     # ---- loading ----------------------------------------------------------------------------
     @classmethod
     def from_folder(cls, folder: str, device="cpu", dtype=torch.float32, *, name: Optional[str] = None,
-                    prompt: str = "", text_encoder: str = "", **opts) -> "StableSRTurbo":
+                    prompt: str = "", text_encoder: str = "", cache_dir: Optional[str] = None,
+                    offline: Optional[bool] = None, **opts) -> "StableSRTurbo":
         """text_encoder: a diffusers SD-2.x folder to compute the empty-prompt embedding from when the
-        weights folder has none cached (sr.stablesr.text); the result is cached there."""
+        weights folder has none cached (sr.stablesr.text); the result is cached there. Without it, the
+        SD-2.1-base text encoder is taken from the Hugging Face cache (`cache_dir`), downloaded there
+        unless downloads are off (`offline`, HF_HUB_OFFLINE; see sr.hub); off and not cached, a zero
+        embedding is used with a note. The networks are built on `device` explicitly."""
         from sr.stablesr.convert import read_checkpoint
         unknown = sorted(set(opts) - set(OPTIONS))
         if unknown:
@@ -85,12 +96,23 @@ class StableSRTurbo(DiffusionSR):
             raise ModelNotFoundError(f"{SHORT_NAME} runs with the empty prompt only; drop --prompt")
         sd_path, cfw_path = find_weight_files(folder)
         cfg = StableSRConfig.for_folder(folder)
-        if text_encoder and not os.path.isfile(os.path.join(folder, CONTEXT_FILE)):
-            from sr.stablesr.text import cache_empty_prompt_embedding
-            cache_empty_prompt_embedding(folder, text_encoder, cfg.context_tokens, cfg.unet.context_dim, CONTEXT_FILE)
-        context = load_empty_prompt_context(folder, cfg)
-        model = build_from_state_dicts(read_checkpoint(sd_path), read_checkpoint(cfw_path), cfg, context,
-                                       sources=(sd_path, cfw_path))
+        # the checkpoints first: a broken download fails before any text encoder is fetched
+        model = build_from_state_dicts(read_checkpoint(sd_path), read_checkpoint(cfw_path), cfg, None,
+                                       sources=(sd_path, cfw_path), device=device)
+        context = None
+        if not os.path.isfile(os.path.join(folder, CONTEXT_FILE)):
+            source = text_encoder
+            if not source and cfg.unet.context_dim == AUTO_TEXT_ENCODER_WIDTH:
+                from sr.hub import fetch_text_encoder
+                source = fetch_text_encoder(cache_dir, offline)
+            if source:
+                from sr.stablesr.text import cache_empty_prompt_embedding
+                context = cache_empty_prompt_embedding(folder, source, cfg.context_tokens, cfg.unet.context_dim,
+                                                       CONTEXT_FILE)
+        if context is None:
+            context = load_empty_prompt_context(folder, cfg)
+        if context is not None:
+            model.set_context(context)
         return cls(model, name=name or SHORT_NAME, device=device, dtype=dtype, **opts)
 
     # ---- geometry ---------------------------------------------------------------------------
@@ -116,32 +138,53 @@ class StableSRTurbo(DiffusionSR):
         return self._pad(up * 2.0 - 1.0)
 
     def set_guidance(self, lr_images: torch.Tensor):
-        """The LR views whose features guide `decode` (CFW) and its colour fix; `predict` sets it too."""
-        if self._guidance is None or self._guidance[0] is not lr_images:
-            self._guidance = (lr_images, self.upsampled_lr(lr_images))
+        """The LR views whose features guide `decode` (CFW) and its colour fix; `predict` sets it too.
+        The views' upsampled images (and, once `predict` needs them, their SD-VAE moments) are kept until
+        other views come: the same tensor, unmodified, or one of equal content."""
+        views = self._views
+        if views is None or not views.matches(lr_images):
+            self._views = _ViewCache(lr_images, self.upsampled_lr(lr_images))
 
     def _guide(self, n: int) -> torch.Tensor:
-        if self._guidance is None or self._guidance[1].shape[0] != n:
+        if self._views is None or self._views.up.shape[0] != n:
             raise ValueError(f"{SHORT_NAME} decodes with the LR views as guidance: call sr.set_guidance(lr_images) "
                              f"(or predict) with the same {n} views first")
-        return self._guidance[1]
+        return self._views.up
 
     # ---- latents ----------------------------------------------------------------------------
-    def _lr_latent(self, up: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
-        return self._encode(up, noise)
+    @torch.no_grad()
+    def _moments(self, images: torch.Tensor) -> torch.Tensor:
+        """SD-VAE posterior moments [B, 8, H/8, W/8] (float32) of images in [-1, 1] (padded size), on pixel
+        tiles when `vae_tile` is set."""
+        images = images.to(self.device, torch.float32)
+        if self.vae_tile:
+            return tiled_encode(self.model.encode_moments, images, self.vae_tile, self.vae_tile_overlap)
+        return self.model.encode_moments(images)
+
+    def _latent(self, moments: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """scale_factor x the posterior mean (noise None) or sample with `noise`."""
+        if noise is None:
+            return self.model.config.scale_factor * moments.chunk(2, dim=1)[0]
+        return self.model.config.scale_factor * gaussian_sample(moments, noise.to(self.device))
 
     @torch.no_grad()
     def _encode(self, images: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         """scale_factor x the SD-VAE posterior mean (noise None) or sample of images in [-1, 1] (padded
         size), on pixel tiles when `vae_tile` is set."""
-        images = images.to(self.device, torch.float32)
-        if self.vae_tile:
-            moments = tiled_encode(self.model.encode_moments, images, self.vae_tile, self.vae_tile_overlap)
-        else:
-            moments = self.model.encode_moments(images)
-        if noise is None:
-            return self.model.config.scale_factor * moments.chunk(2, dim=1)[0]
-        return self.model.config.scale_factor * gaussian_sample(moments, noise.to(self.device))
+        return self._latent(self._moments(images), noise)
+
+    def lr_moments(self, lr_images: torch.Tensor) -> List[Tuple[slice, torch.Tensor]]:
+        """[(views, their SD-VAE moments)] per chunk of `sr_batch` views, of the upsampled LR images:
+        encoded once per set of views (again only if `sr_batch` changes) and cached; the structure
+        condition of every step is drawn from them. Kept per chunk as the encoder returned them (its
+        memory format included), so the numbers are those of encoding at every step, to the last bit."""
+        self.set_guidance(lr_images)
+        views = self._views
+        chunks = list(self._chunks(views.up.shape[0]))
+        if views.moments is None or [sl for sl, _ in views.moments] != chunks:
+            views.moments = None  # free the old ones first
+            views.moments = [(sl, self._moments(views.up[sl])) for sl in chunks]
+        return views.moments
 
     def init_cond_noise(self, lr_images, generator=None):
         """Each view's posterior noise for its LR latent (the structure condition), drawn once."""
@@ -156,29 +199,23 @@ class StableSRTurbo(DiffusionSR):
 
     def start_latents(self, lr_images, enc_noise: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_T = q_sample(posterior sample of the LR latent with `enc_noise`, `noise`) at t = 999."""
-        z = torch.cat([self._lr_latent(up, enc_noise[sl]) for sl, up in self._up_chunks(lr_images)])
+        z = torch.cat([self._latent(m, enc_noise[sl]) for sl, m in self.lr_moments(lr_images)])
         return self.model.schedule.q_sample_start(z, noise.to(self.device))
 
     def _randn(self, shape, generator):
         gen_device = generator.device if generator is not None else self.device
         return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(self.device)
 
-    def _up_chunks(self, lr_images):
-        self.set_guidance(lr_images)
-        up = self._guidance[1]
-        for sl in self._chunks(up.shape[0]):
-            yield sl, up[sl]
-
     # ---- DiffusionSR ------------------------------------------------------------------------
     @torch.no_grad()
     def model_output(self, x_t, t, lr_images, cond_noise=None):
         t = int(t)
         self.alpha_bar(t)
+        if tuple(x_t.shape) != self.latent_shape(tuple(lr_images.shape)):
+            raise ValueError(f"latents {list(x_t.shape)} do not match LR images {list(lr_images.shape)}")
         outs = []
-        for sl, up in self._up_chunks(lr_images):
-            z_lr = self._lr_latent(up, None if cond_noise is None else cond_noise[sl])
-            if z_lr.shape != x_t[sl].shape:
-                raise ValueError(f"latents {list(x_t.shape)} do not match LR images {list(lr_images.shape)}")
+        for sl, moments in self.lr_moments(lr_images):
+            z_lr = self._latent(moments, None if cond_noise is None else cond_noise[sl])
             outs.append(self.eps(x_t[sl], t, z_lr))
         return torch.cat(outs)
 
@@ -208,7 +245,7 @@ class StableSRTurbo(DiffusionSR):
         the colour fix (pass them, or call `set_guidance`/`predict` with them first)."""
         if lr_images is not None:
             self.set_guidance(lr_images)
-        H, W = self._hr_size(self._guidance[0].shape) if self._guidance is not None else x0.shape[-2:]
+        H, W = self._hr_size(self._views.lr_shape) if self._views is not None else x0.shape[-2:]
         img = self.decode_signed(x0, self._guide(x0.shape[0]))
         return ((img[..., :H, :W] + 1.0) * 0.5).clamp(0.0, 1.0)
 
@@ -253,13 +290,43 @@ class StableSRTurbo(DiffusionSR):
         return torch.cat(out)
 
 
+class _ViewCache:
+    """What the adapter keeps of the current LR views: a reference to their tensor (with its in-place
+    version), the upsampled padded images in [-1, 1], and their SD-VAE moments once computed."""
+
+    def __init__(self, lr_images: torch.Tensor, up: torch.Tensor):
+        self.lr, self.version, self.lr_shape = lr_images, _version(lr_images), tuple(lr_images.shape)
+        self.up = up
+        self.moments: Optional[List[Tuple[slice, torch.Tensor]]] = None
+
+    def matches(self, lr_images: torch.Tensor) -> bool:
+        if _version(self.lr) != self.version:  # changed in place since
+            return False
+        if lr_images is self.lr:
+            return True
+        if tuple(lr_images.shape) != self.lr_shape or lr_images.dtype != self.lr.dtype:
+            return False
+        if not torch.equal(lr_images.to(self.lr.device), self.lr):
+            return False
+        self.lr, self.version = lr_images, _version(lr_images)  # same content: keep the cache
+        return True
+
+
+def _version(t: torch.Tensor) -> Optional[int]:
+    """A tensor's in-place version counter (None for inference-mode tensors, which keep none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
 def load_empty_prompt_context(folder: str, cfg: StableSRConfig) -> Optional[torch.Tensor]:
     """The empty prompt's text embedding [1, 77, context_dim]: `empty_prompt_embedding.safetensors`
     (key "context") in the weights folder. None if absent (a zero embedding is used, with a note)."""
     path = os.path.join(folder, CONTEXT_FILE)
     if not os.path.isfile(path):
-        print(f"[sr] {folder} has no {CONTEXT_FILE}: using a zero empty-prompt embedding "
-              "(pass --text_encoder SD21_FOLDER once to compute and cache the real one; see README)")
+        print(f"[sr] {folder} has no {CONTEXT_FILE}: using a zero empty-prompt embedding (pass --text_encoder "
+              "SD21_FOLDER once, or run once with downloads allowed, to compute and cache the real one; see README)")
         return None
     from safetensors.torch import load_file
     try:

@@ -4,11 +4,12 @@
   latents: `build_sd_vae` (a diffusers AutoencoderKL).
 - The CFW autoencoder (`vqgan_cfw_00011.ckpt`; Wang et al. 2024, "Exploiting Diffusion Prior for
   Real-World Image Super-Resolution", sec. 3.3 "controllable feature wrapping") decodes: its own encoder
-  reads the LR image and keeps the features of the middle resolution levels; the decoder is the SD
+  reads the LR image and keeps the features of the middle resolution levels (only those: the
+  full-resolution map is the largest and is not fused); the decoder is the SD
   decoder with a fusion layer after those levels, adding w x (correction from encoder + decoder
   features). w = 0 is the plain SD decoder (fidelity off), w = 1 full fidelity; 3DSR uses 0.5.
 """
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -95,25 +96,49 @@ class CFWAutoencoder(nn.Module):
     def num_levels(self) -> int:
         return len(self.vae.encoder.down_blocks)
 
-    def encode(self, images: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """Images [B, 3, H, W] in [-1, 1] -> (moments [B, 2z, H/f, W/f], features of every level
-        before its downsampling [B, C_l, H/2^l, W/2^l]); the decoder uses levels 1 .. n-2."""
+    @property
+    def fused_levels(self) -> List[int]:
+        """The resolution levels whose encoder features the decoder fuses (1 .. n-2), ascending."""
+        return sorted(int(level) for level in self.fusion)
+
+    def _encoder_levels(self, images: torch.Tensor, last_level: int):
+        """Run the encoder's down blocks 0..last_level; returns (h after them, {level: features before its
+        downsampling} for the fused levels). Other levels' maps are dropped as soon as they are used, so
+        the full-resolution one (the largest) never outlives its block."""
         enc = self.vae.encoder
+        fused = set(self.fused_levels)
         h = enc.conv_in(images)
-        feats = []
-        for block in enc.down_blocks:
+        feats: Dict[int, torch.Tensor] = {}
+        for level, block in enumerate(enc.down_blocks[:last_level + 1]):
             for resnet in block.resnets:
                 h = resnet(h, None)
-            feats.append(h)
+            if level in fused:
+                feats[level] = h
             if block.downsamplers is not None:
                 for down in block.downsamplers:
                     h = down(h)
+        return h, feats
+
+    def encode(self, images: torch.Tensor) -> Tuple[torch.Tensor, Dict[int, torch.Tensor]]:
+        """Images [B, 3, H, W] in [-1, 1] -> (moments [B, 2z, H/f, W/f], {level: features of that level
+        before its downsampling [B, C_l, H/2^l, W/2^l]} for the levels the decoder fuses (1 .. n-2))."""
+        enc = self.vae.encoder
+        h, feats = self._encoder_levels(images, self.num_levels - 1)
         h = enc.mid_block(h)
         h = enc.conv_out(enc.conv_act(enc.conv_norm_out(h)))
         return self.vae.quant_conv(h), feats
 
-    def decode(self, z: torch.Tensor, enc_feats: List[torch.Tensor], fusion_w=None) -> torch.Tensor:
-        """Unscaled latents [B, z, h, w] (x0 / 0.18215) + `encode`'s features -> images in ~[-1, 1]."""
+    def encode_features(self, images: torch.Tensor) -> Dict[int, torch.Tensor]:
+        """Only the features `decode` fuses: the encoder stops after the last fused level (no deeper
+        levels, mid block or moments, which decoding does not use)."""
+        levels = self.fused_levels
+        if not levels:
+            return {}
+        return self._encoder_levels(images, levels[-1])[1]
+
+    def decode(self, z: torch.Tensor, enc_feats: Dict[int, torch.Tensor], fusion_w=None) -> torch.Tensor:
+        """Unscaled latents [B, z, h, w] (x0 / 0.18215) + `encode`'s (or `encode_features`') features
+        -> images in ~[-1, 1]."""
         w = self.fusion_w if fusion_w is None else float(fusion_w)
         dec = self.vae.decoder
         h = dec.conv_in(self.vae.post_quant_conv(z))

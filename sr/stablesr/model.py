@@ -5,7 +5,7 @@ Latents follow the original: `scale_factor` (0.18215) x VAE latents. Images are 
 DiffusionSR adapter (sr.stablesr.adapter) converts from/to [0, 1].
 """
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,6 +32,10 @@ class StableSRModel(nn.Module):
         self.register_buffer("context", ctx.float().reshape(1, -1, cfg.unet.context_dim), persistent=False)
 
     # ---- loading ------------------------------------------------------------------------------
+    def set_context(self, context: torch.Tensor):
+        """Replace the empty-prompt embedding ([1, tokens, context_dim]; zeros until set)."""
+        self.context = context.float().reshape(1, -1, self.config.unet.context_dim).to(self.context.device)
+
     def load_stablesr_state_dict(self, sd: Dict[str, torch.Tensor], source: str = "stablesr checkpoint",
                                  qkv_order: str = "legacy"):
         """Fill UNet, structure encoder and SD VAE from the original `stablesr_turbo.ckpt` layout."""
@@ -110,17 +114,21 @@ class StableSRModel(nn.Module):
         return torch.cat(out)
 
     def decode(self, x0: torch.Tensor, lr_images: torch.Tensor, fusion_w: float = 0.5,
-               enc_feats: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+               enc_feats: Optional[Dict[int, torch.Tensor]] = None) -> torch.Tensor:
         """CFW decode of latents x0 (scaled) guided by the LR images [-1, 1] at output size -> [-1, 1]-ish."""
         if enc_feats is None:
-            enc_feats = self.cfw.encode(lr_images)[1]
+            enc_feats = self.cfw.encode_features(lr_images)
         return self.cfw.decode(x0 / self.config.scale_factor, enc_feats, fusion_w)
 
 
 def build_from_state_dicts(stablesr_sd: Dict[str, torch.Tensor], cfw_sd: Dict[str, torch.Tensor],
                            cfg: StableSRConfig = REAL, context: Optional[torch.Tensor] = None,
-                           qkv_order: str = "legacy", sources: Tuple[str, str] = ("stablesr", "cfw")) -> StableSRModel:
-    model = StableSRModel(cfg, context)
+                           qkv_order: str = "legacy", sources: Tuple[str, str] = ("stablesr", "cfw"),
+                           device="cpu") -> StableSRModel:
+    """The model built on `device` explicitly (not torch's default device; on CUDA the random init the
+    weights then replace runs on the GPU), filled strictly from the two state dicts."""
+    with torch.device(device):
+        model = StableSRModel(cfg, context)
     model.load_stablesr_state_dict(stablesr_sd, sources[0], qkv_order=qkv_order)
     model.load_cfw_state_dict(cfw_sd, sources[1])
     return model.eval().requires_grad_(False)

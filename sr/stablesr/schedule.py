@@ -60,8 +60,8 @@ class RespacedSchedule:
         ac = np.cumprod(alphas)
         ac_prev = np.concatenate([[1.0], ac[:-1]])
         var = betas * (1.0 - ac_prev) / (1.0 - ac)
-        f = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
-        return cls(ori_timesteps=torch.tensor(ts, dtype=torch.long), betas=f(betas), alphas_cumprod=f(ac),
+        f = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32, device="cpu")  # noqa: E731
+        return cls(ori_timesteps=torch.tensor(ts, dtype=torch.long, device="cpu"), betas=f(betas), alphas_cumprod=f(ac),
                    alphas_cumprod_prev=f(ac_prev), sqrt_recip_alphas_cumprod=f(np.sqrt(1.0 / ac)),
                    sqrt_recipm1_alphas_cumprod=f(np.sqrt(1.0 / ac - 1.0)), posterior_variance=f(var),
                    posterior_log_variance_clipped=f(np.log(np.maximum(var, 1e-20))),

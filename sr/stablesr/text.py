@@ -60,10 +60,14 @@ def empty_prompt_embedding(tokenizer, text_encoder, tokens: int = 77) -> torch.T
 
 
 def cache_empty_prompt_embedding(weights_folder: str, text_encoder_folder: str, tokens: int,
-                                 context_dim: int, filename: str) -> str:
-    """Compute the embedding from `text_encoder_folder` and write it atomically to weights_folder/filename."""
-    tokenizer, encoder = load_text_encoder(text_encoder_folder)
-    ctx = empty_prompt_embedding(tokenizer, encoder, tokens)
+                                 context_dim: int, filename: str) -> torch.Tensor:
+    """Compute the embedding [1, tokens, context_dim] from `text_encoder_folder`, write it atomically to
+    weights_folder/filename and return it. A weights folder that cannot be written (a read-only cache)
+    only costs the caching: the embedding is used anyway, with a note."""
+    with torch.device("cpu"):  # built on the CPU explicitly, whatever torch's default device is
+        tokenizer, encoder = load_text_encoder(text_encoder_folder)
+        ctx = empty_prompt_embedding(tokenizer, encoder, tokens)
+    del encoder
     if tuple(ctx.shape[-2:]) != (tokens, context_dim):
         raise ModelNotFoundError(f"the text encoder in {text_encoder_folder} gives embeddings of shape "
                                  f"{list(ctx.shape)}, but the UNet expects [1, {tokens}, {context_dim}]")
@@ -75,7 +79,8 @@ def cache_empty_prompt_embedding(weights_folder: str, text_encoder_folder: str, 
         with atomic_write(path, "wb") as f:
             f.write(data)
     except OSError as exc:
-        raise ModelNotFoundError(f"cannot cache the empty-prompt embedding in {path} ({exc.strerror or exc}); "
-                                 "make the weights folder writable") from None
+        print(f"[sr] note: cannot cache the empty-prompt embedding in {path} ({exc.strerror or exc}); it is "
+              "used for this run and computed again next time (make the weights folder writable to keep it)")
+        return ctx
     print(f"[sr] cached the empty-prompt embedding from {text_encoder_folder} in {path}")
-    return path
+    return ctx

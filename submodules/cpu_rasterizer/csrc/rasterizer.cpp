@@ -2,8 +2,9 @@
 // specification is gaussian_renderer/projection.py + gaussian_renderer/torch_backend.py.
 //
 // Pipeline (forward):
-//   1. project every Gaussian (EWA, Zwicker et al. 2001; Jacobian clamp; Mip-Splatting 2D filter
-//      with opacity compensation, eq. 11), radii and culling              -- parallel over Gaussians
+//   1. project every Gaussian (EWA, Zwicker et al. 2001; Jacobian clamp; 2D filter: a variance added
+//      to the screen covariance, with Mip-Splatting's opacity compensation (eq. 11) when `compensate`,
+//      without it for Inria 3DGS's dilation), radii and culling         -- parallel over Gaussians
 //   2. bin (tile, Gaussian) pairs: depth order (stable: depth, then index) then a counting sort
 //      into 8x8-pixel tiles, so every tile's list is depth sorted        -- parallel over chunks
 //   3. composite each tile front to back over its 64 pixels (1/255 cut, 0.99 clamp, early stop when
@@ -225,7 +226,7 @@ struct Projected {
 
 template <typename S>
 inline Projected<S> project_one(const Camera<S>& cam, const S* m, const S* q, const S* s, S opac,
-                                S kernel_size) {
+                                S kernel_size, bool compensate) {
   Projected<S> out;
   const S* R = cam.R;
   const S x = m[0] * R[0] + m[1] * R[1] + m[2] * R[2] + cam.t[0];
@@ -271,7 +272,7 @@ inline Projected<S> project_one(const Camera<S>& cam, const S* m, const S* q, co
   const bool valid = in_front && det > S(0);
   const S det_safe = valid ? det : S(1);
   S comp = 1;
-  if (kernel_size > S(0)) comp = std::sqrt(std::max(det_orig / det_safe, S(0)));
+  if (compensate && kernel_size > S(0)) comp = std::sqrt(std::max(det_orig / det_safe, S(0)));
   out.A = c / det_safe;
   out.B = -b / det_safe;
   out.C = a / det_safe;
@@ -779,7 +780,7 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& means, const torch:
                                         const torch::Tensor& scales, const torch::Tensor& opacities,
                                         const torch::Tensor& colors, const torch::Tensor& viewmat,
                                         const torch::Tensor& K, int width, int height,
-                                        const torch::Tensor& background, double kernel_size,
+                                        const torch::Tensor& background, double kernel_size, bool compensate,
                                         const torch::Tensor& offset, int64_t ref_chunk_elements, int nthreads) {
   const int64_t N = means.size(0);
   const Camera<S> cam = make_camera<S>(viewmat, K, width, height);
@@ -808,7 +809,7 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& means, const torch:
   std::vector<int32_t> rects(static_cast<size_t>(N) * 4);
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1024) if (N >= PARALLEL_MIN)
   for (int64_t i = 0; i < N; ++i) {
-    const Projected<S> pr = project_one<S>(cam, m + 3 * i, q + 4 * i, s + 3 * i, op[i], ks);
+    const Projected<S> pr = project_one<S>(cam, m + 3 * i, q + 4 * i, s + 3 * i, op[i], ks, compensate);
     const S mx = pr.mx + off[2 * i], my = pr.my + off[2 * i + 1];
     m2[2 * i] = mx;
     m2[2 * i + 1] = my;
@@ -850,8 +851,11 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& means, const torch:
 // Gradient of the loss through the projection of one Gaussian, in double precision.
 // v_m2d: dL/d(means2d) (pixels); v_con: dL/d(conic); v_oc: dL/d(compensated opacity);
 // v_depth: dL/d(camera z). Writes dL/d(mean), dL/d(quat), dL/d(scale), dL/d(opacity).
+// Without `compensate` the opacity passes through unscaled, so the covariance gets gradient only
+// through the conic (the compensation term's path to the covariance is off).
 inline void project_backward_one(const Camera<double>& cam, const double* m, const double* q,
-                                 const double* s, double opac, double ks, bool in_front, bool visible,
+                                 const double* s, double opac, double ks, bool compensate, bool in_front,
+                                 bool visible,
                                  const double* v_m2d, const double* v_con, double v_oc, double v_depth,
                                  double* v_mean, double* v_quat, double* v_scale, double* v_opac) {
   const double* R = cam.R;
@@ -904,9 +908,10 @@ inline void project_backward_one(const Camera<double>& cam, const double* m, con
     const double det_orig = a * c - b * b;
     const double ap = a + ks, cp = c + ks;
     const double det = ap * cp - b * b;
+    const bool compensated = compensate && ks > 0.0;
     double comp = 1.0;
     const double ratio = det_orig / det;
-    if (ks > 0.0) comp = std::sqrt(std::max(ratio, 0.0));
+    if (compensated) comp = std::sqrt(std::max(ratio, 0.0));
     *v_opac = v_oc * comp;
     const double v_comp = v_oc * opac;
     // conic = (c', -b, a') / det
@@ -914,7 +919,7 @@ inline void project_backward_one(const Camera<double>& cam, const double* m, con
     double v_det = (-v_con[0] * cp + v_con[1] * b - v_con[2] * ap) / det2;
     double v_ap = v_con[2] / det, v_cp = v_con[0] / det, v_b = -v_con[1] / det;
     double v_do = 0.0;
-    if (ks > 0.0 && ratio > 0.0) {
+    if (compensated && ratio > 0.0) {
       const double v_ratio = v_comp * 0.5 / comp;
       v_do = v_ratio / det;
       v_det += -v_ratio * ratio / det;
@@ -999,7 +1004,7 @@ std::vector<torch::Tensor> backward_impl(
     const torch::Tensor& last, const torch::Tensor& gids, const torch::Tensor& tile_offsets,
     const torch::Tensor& gauss_offsets, const torch::Tensor& gauss_pairs, const torch::Tensor& g_image,
     const torch::Tensor& g_depth, const torch::Tensor& g_alpha, const torch::Tensor& g_means2d,
-    int64_t ref_chunk_elements, int nthreads) {
+    int64_t ref_chunk_elements, int nthreads, bool compensate) {
   const int64_t N = means.size(0);
   const int tiles_x = (width + TILE - 1) / TILE, tiles_y = (height + TILE - 1) / TILE;
   const int n_tiles = tiles_x * tiles_y;
@@ -1073,8 +1078,8 @@ std::vector<torch::Tensor> backward_impl(
       double sd[3] = {s[3 * i], s[3 * i + 1], s[3 * i + 2]};
       double o_vm[3], o_vq[4], o_vs[3], o_vo;
       const bool in_front = dep[i] > static_cast<S>(NEAR_PLANE);
-      project_backward_one(cam, md, qd, sd, static_cast<double>(op[i]), kernel_size, in_front, rad[i] > 0, v_m2d,
-                           acc + 2, acc[5], acc[9], o_vm, o_vq, o_vs, &o_vo);
+      project_backward_one(cam, md, qd, sd, static_cast<double>(op[i]), kernel_size, compensate, in_front,
+                           rad[i] > 0, v_m2d, acc + 2, acc[5], acc[9], o_vm, o_vq, o_vs, &o_vo);
       for (int e = 0; e < 3; ++e) vm[3 * i + e] = static_cast<S>(o_vm[e]);
       for (int e = 0; e < 4; ++e) vq[4 * i + e] = static_cast<S>(o_vq[e]);
       for (int e = 0; e < 3; ++e) vs[3 * i + e] = static_cast<S>(o_vs[e]);
@@ -1092,14 +1097,14 @@ std::vector<torch::Tensor> forward(const torch::Tensor& means, const torch::Tens
                                    const torch::Tensor& K, int64_t width, int64_t height,
                                    const torch::Tensor& background, double kernel_size,
                                    const torch::Tensor& means2d_offset, int64_t ref_chunk_elements,
-                                   int64_t nthreads) {
+                                   int64_t nthreads, bool compensate) {
   check_inputs(means, quats, scales, opacities, colors, means2d_offset, background);
   TORCH_CHECK(width > 0 && height > 0, "width and height must be positive");
   const int nt = static_cast<int>(std::max<int64_t>(1, nthreads));
   std::vector<torch::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "threedsr_cpu_rasterizer.forward", [&] {
     out = forward_impl<scalar_t>(means, quats, scales, opacities, colors, viewmat, K, static_cast<int>(width),
-                                 static_cast<int>(height), background, kernel_size, means2d_offset,
+                                 static_cast<int>(height), background, kernel_size, compensate, means2d_offset,
                                  ref_chunk_elements, nt);
   });
   return out;
@@ -1114,7 +1119,7 @@ std::vector<torch::Tensor> backward(
     const torch::Tensor& last, const torch::Tensor& gids, const torch::Tensor& tile_offsets,
     const torch::Tensor& gauss_offsets, const torch::Tensor& gauss_pairs, const torch::Tensor& g_image,
     const torch::Tensor& g_depth, const torch::Tensor& g_alpha, const torch::Tensor& g_means2d,
-    int64_t ref_chunk_elements, int64_t nthreads) {
+    int64_t ref_chunk_elements, int64_t nthreads, bool compensate) {
   const int nt = static_cast<int>(std::max<int64_t>(1, nthreads));
   const auto st = means.scalar_type();
   for (const auto* t : {&g_image, &g_depth, &g_alpha, &g_means2d})
@@ -1124,7 +1129,7 @@ std::vector<torch::Tensor> backward(
     out = backward_impl<scalar_t>(means, quats, scales, opacities, colors, viewmat, K, static_cast<int>(width),
                                   static_cast<int>(height), background, kernel_size, means2d, conics, opac_c,
                                   depths, radii, final_T, last, gids, tile_offsets, gauss_offsets, gauss_pairs,
-                                  g_image, g_depth, g_alpha, g_means2d, ref_chunk_elements, nt);
+                                  g_image, g_depth, g_alpha, g_means2d, ref_chunk_elements, nt, compensate);
   });
   return out;
 }
@@ -1148,11 +1153,27 @@ std::string build_info() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "3dsr CPU Gaussian rasterizer (forward/backward); see gaussian_renderer/cpu_backend.py";
+  namespace py = pybind11;
+  // The 2D filter is (kernel_size, compensate): compensate=false is Inria 3DGS's dilation (no opacity
+  // compensation). It comes last with a default, so callers written before it still work.
   m.def("forward", &tdsr::forward,
         "Project, bin and composite. Returns image, depth, alpha, radii, means2d and the state "
         "backward needs (conics, opacities, depths, final_T, last, gids, tile_offsets, "
-        "gauss_offsets, gauss_pairs).");
-  m.def("backward", &tdsr::backward, "Gradients for means, quats, scales, opacities, colors, means2d, background.");
+        "gauss_offsets, gauss_pairs).",
+        py::arg("means"), py::arg("quats"), py::arg("scales"), py::arg("opacities"), py::arg("colors"),
+        py::arg("viewmat"), py::arg("K"), py::arg("width"), py::arg("height"), py::arg("background"),
+        py::arg("kernel_size"), py::arg("means2d_offset"), py::arg("ref_chunk_elements"), py::arg("nthreads"),
+        py::arg("compensate") = true);
+  m.def("backward", &tdsr::backward, "Gradients for means, quats, scales, opacities, colors, means2d, background.",
+        py::arg("means"), py::arg("quats"), py::arg("scales"), py::arg("opacities"), py::arg("colors"),
+        py::arg("viewmat"), py::arg("K"), py::arg("width"), py::arg("height"), py::arg("background"),
+        py::arg("kernel_size"), py::arg("means2d"), py::arg("conics"), py::arg("opac_c"), py::arg("depths"),
+        py::arg("radii"), py::arg("final_T"), py::arg("last"), py::arg("gids"), py::arg("tile_offsets"),
+        py::arg("gauss_offsets"), py::arg("gauss_pairs"), py::arg("g_image"), py::arg("g_depth"),
+        py::arg("g_alpha"), py::arg("g_means2d"), py::arg("ref_chunk_elements"), py::arg("nthreads"),
+        py::arg("compensate") = true);
+  // Bumped when the Python-visible signature changes; gaussian_renderer/cpu_backend.py checks it.
+  m.attr("API_VERSION") = 2;
   m.def("build_info", &tdsr::build_info, "Compiler features the extension was built with.");
   m.attr("TILE") = tdsr::TILE;
 }
