@@ -84,7 +84,8 @@ def render_video(path, cameras, gaussians, pipe, background, kernel_size, fps, q
 
 
 # Method folders of SR runs: the names metrics.py, tools/summarize.py and tools/make_figures.py show.
-SR_METHOD_FOLDERS = {"sr": "3dsr", "sr_per-view": "per-view-sr", "sr_bicubic": "bicubic"}
+SR_METHOD_FOLDERS = {"sr": "3dsr", "sr_per-view": "per-view-sr", "sr_bicubic": "bicubic",
+                     "sr_per-view-isr": "per-view-isr"}
 DEFAULT_SCALE = 4  # sr_refine.py's --scale: an LR model rendered at this factor is the "LR 3DGS @HR" baseline
 
 

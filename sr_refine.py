@@ -191,7 +191,8 @@ def main(argv=None):
     final_iters = srp.iters_per_step if srp.final_iters < 0 else srp.final_iters
     settings = SRSettings(mode=srp.mode, scale=srp.scale, steps=srp.steps, iters_per_step=srp.iters_per_step,
                           final_iters=final_iters, lambda_lr=srp.lambda_lr, lambda_dssim=opt.lambda_dssim,
-                          eta=srp.eta, seed=args.seed, sr_model=srp.sr_model if srp.mode != "bicubic" else "",
+                          eta=srp.eta, seed=args.seed,
+                          sr_model={"bicubic": "", "per-view-isr": srp.isr}.get(srp.mode, srp.sr_model),
                           published_update=srp.published_update)
     total = settings.total_iterations
     if opt.position_lr_max_steps < 0:
@@ -221,6 +222,14 @@ def main(argv=None):
         else:
             sr_opts = dict(prompt=srp.prompt, guidance_scale=srp.guidance_scale, noise_level=srp.noise_level,
                            timestep_spacing=srp.timestep_spacing, sr_batch=srp.sr_batch, vae_tiling=srp.vae_tiling)
+    isr = None
+    if srp.mode == "per-view-isr":  # a single-step image SR model (Real-ESRGAN): load it now, it is small
+        from sr.image_sr import load_isr_model
+        isr = load_isr_model(srp.isr, device, tile=srp.isr_tile)
+        if int(isr.scale) != settings.scale:
+            raise ThreeDSRError(f"--scale {settings.scale} but the image SR model '{srp.isr}' upscales x{isr.scale}; "
+                                f"pass --scale {isr.scale}")
+        settings = dataclasses.replace(settings, sr_options=dict(isr.options))
     if check_run_folder(run_dir, ply_path, args.resume, args.overwrite):
         print(f"{run_dir} is complete; the result is {ply_path} (pass --overwrite to run it again)")
         return 0
@@ -267,7 +276,7 @@ def main(argv=None):
     write_run_model_files(run_dir, args, scene, settings.scale, iteration, gt_res)
     print(f"SR {settings.mode} of {dataset.model_path} (iteration {iteration}, {gaussians.num_points} Gaussians): "
           f"{len(scene.train_cameras)} train views {lr_w}x{lr_h} -> {lr_w * settings.scale}x{lr_h * settings.scale}"
-          + (f", {sr!r}" if sr is not None else "")
+          + (f", {sr!r}" if sr is not None else "") + (f", {isr!r}" if isr is not None else "")
           + f"; {settings.steps} steps x {settings.iters_per_step} + {settings.final_iters} fit iterations")
 
     strategy = None if srp.no_densify else DensifyStrategy.from_opt(opt, dataset.white_background, seed=args.seed)
@@ -276,7 +285,7 @@ def main(argv=None):
                         kernel_size=dataset.kernel_size, scene_extent=scene.cameras_extent, run_dir=run_dir,
                         ply_path=ply_path, sr=sr, strategy=strategy, hr_test_cameras=test_hr,
                         save_images=not srp.no_step_images, keep_checkpoints=srp.keep_checkpoints,
-                        progress=not args.quiet)
+                        progress=not args.quiet, isr=isr)
     log = refiner.run(resume=args.resume)
     print(describe_log(log))
     print(f"SR done in {log['total_seconds']:.1f} s: {ply_path}\n"

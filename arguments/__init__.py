@@ -151,11 +151,13 @@ class OptimizationParams(ParamGroup):
 class SRParams(ParamGroup):
     """The SR stage (sr_refine.py): the diffusion model, the denoising schedule and the per-step fit."""
 
-    CHOICES = {"mode": ("3dsr", "per-view", "bicubic"),  # training.sr_loop.MODES (tested)
+    CHOICES = {"mode": ("3dsr", "per-view", "bicubic", "per-view-isr"),  # training.sr_loop.MODES (tested)
                "colorfix": ("wavelet", "none"), "timestep_spacing": ("trailing", "leading", "linspace")}
 
     def __init__(self, parser):
-        self.mode = "3dsr"                  # 3dsr | per-view | bicubic (baselines on the same code path)
+        self.mode = "3dsr"                  # 3dsr | per-view | bicubic | per-view-isr (baselines on the same code path)
+        self.isr = "realesrgan-x4plus"      # --mode per-view-isr: the image SR model (name or weights file)
+        self.isr_tile = 256                 # its tile edge in LR pixels (0 = whole images)
         self.name = ""                      # run name: point_cloud/iteration_<name>, sr/<name>/ (default by mode)
         self.scale = 4
         self.sr_model = "sd-x4-upscaler"    # short name, hub id in the local HF cache, or a diffusers folder

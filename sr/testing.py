@@ -171,3 +171,98 @@ def save_tiny_pixel_prior(folder: str, seed: int = 0, residual_scale: float = 0.
     return save_pixel_prior(folder, unet, prior_scheduler_config(),
                             {"scale": 4, "unshuffle": 2, "residual_scale": residual_scale,
                              "training": {"note": "tiny random test model"}})
+
+
+# ---- Real-ESRGAN (sr.realesrgan) ------------------------------------------------------------------------
+def tiny_realesrgan_config(num_feat: int = 8, num_block: int = 1, num_grow_ch: int = 4):
+    """A small RRDBNet x4 configuration (RealESRGAN_x4plus is num_feat 64, num_block 23, num_grow_ch 32)."""
+    from sr.realesrgan import RRDBConfig
+    return RRDBConfig(num_feat=num_feat, num_block=num_block, num_grow_ch=num_grow_ch)
+
+
+def tiny_realesrgan_state_dict(seed: int = 0, config=None):
+    """Random RRDBNet weights (float32, CPU) whose outputs lie around 0.5 with visible structure, so that
+    clamping to [0, 1] does not hide differences. The global RNG is left untouched."""
+    from sr.realesrgan import RRDBNet
+    config = config or tiny_realesrgan_config()
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.manual_seed(seed)
+        net = RRDBNet(config)
+        with torch.no_grad():
+            net.conv_last.weight.mul_(4.0)
+            net.conv_last.bias.fill_(0.5)
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def save_tiny_realesrgan(path: str, seed: int = 0, num_feat: int = 8, num_block: int = 1,
+                         num_grow_ch: int = 4) -> str:
+    """Write a tiny random RRDBNet x4 that `load_isr_model(path)` loads; returns `path`.
+
+    `.safetensors` (our format, hyper-parameters in the metadata) or `.pth` (the official Real-ESRGAN layout:
+    {"params_ema": state_dict})."""
+    from sr.realesrgan import save_rrdbnet_safetensors
+    config = tiny_realesrgan_config(num_feat, num_block, num_grow_ch)
+    state = tiny_realesrgan_state_dict(seed, config)
+    path = os.fspath(path)
+    if path.endswith(".pth"):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        torch.save({"params_ema": state}, path)
+        return path
+    return save_rrdbnet_safetensors(path, state, config, {"source": "tiny random test model (sr.testing)"})
+
+
+def write_rrdbnet_ncnn(state, config, param_path: str, bin_path: str, weight_storage: str = "fp16"):
+    """Write RRDBNet(config) weights `state` as an ncnn model, laid out as onnx2ncnn lays out Real-ESRGAN
+    (sr.ncnn_convert.rrdbnet_graph plus a Split after every blob read more than once); input blob "x",
+    output blob "conv_last". weight_storage: "fp16" (tag 0x01306B47, as the released models) or "fp32"
+    (tag 0). Biases are raw fp32. Returns (param_path, bin_path)."""
+    import struct
+
+    from sr.ncnn_convert import TAG_FP16, rrdbnet_graph
+    if weight_storage not in ("fp16", "fp32"):
+        raise ValueError(f"weight_storage must be fp16 or fp32, got {weight_storage}")
+    ops = rrdbnet_graph(config)
+    readers = {}
+    for op in ops:
+        for blob in op.inputs:
+            readers[blob] = readers.get(blob, 0) + 1
+    taken = {}
+
+    def read(blob):  # the name a consumer reads: the blob itself, or its next Split output
+        if readers[blob] == 1:
+            return blob
+        taken[blob] = taken.get(blob, 0) + 1
+        return f"{blob}_splitncnn_{taken[blob] - 1}"
+
+    def fmt(v):
+        return f"{v:e}" if isinstance(v, float) else str(v)
+
+    lines, n_blobs = [], 0
+    weights = bytearray()
+    for i, op in enumerate(ops):
+        inputs = [read(b) for b in op.inputs]
+        params = []
+        for key, value in op.params.items():
+            if isinstance(value, list):
+                params.append(f"{-23300 - key}={len(value)}," + ",".join(fmt(float(v)) for v in value))
+            else:
+                params.append(f"{key}={fmt(value)}")
+        lines.append(" ".join([op.type, f"{op.type}_{i}", str(len(inputs)), "1", *inputs, op.output, *params]))
+        n_blobs += 1
+        if readers.get(op.output, 0) > 1:
+            outs = [f"{op.output}_splitncnn_{j}" for j in range(readers[op.output])]
+            lines.append(" ".join(["Split", f"split_{op.output}", "1", str(len(outs)), op.output, *outs]))
+            n_blobs += len(outs)
+        if op.type == "Convolution":
+            w = state[f"{op.conv}.weight"].detach().cpu().numpy().reshape(-1)
+            if weight_storage == "fp16":
+                data = w.astype("<f2").tobytes()
+                weights += struct.pack("<I", TAG_FP16) + data + b"\0" * (-len(data) % 4)
+            else:
+                weights += struct.pack("<I", 0) + w.astype("<f4").tobytes()
+            weights += state[f"{op.conv}.bias"].detach().cpu().numpy().astype("<f4").tobytes()
+    with open(param_path, "w") as f:
+        f.write(f"7767517\n{len(lines)} {n_blobs}\n" + "\n".join(lines) + "\n")
+    with open(bin_path, "wb") as f:
+        f.write(bytes(weights))
+    return param_path, bin_path

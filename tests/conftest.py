@@ -17,3 +17,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def meta_default_device():
+    """The device canary: tensors made without an explicit device land on `meta` and fail loudly when
+    mixed with real ones, exactly where a CUDA run would mix devices (tests/test_device_canary.py)."""
+    torch.set_default_device("meta")
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)

@@ -17,15 +17,6 @@ from cli import tiny_llff_scene
 LR_FACTOR = 8
 
 
-@pytest.fixture
-def meta_default_device():
-    torch.set_default_device("meta")
-    try:
-        yield
-    finally:
-        torch.set_default_device(None)
-
-
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     return tiny_llff_scene(tmp_path_factory, "canary", views=9, seed=3, num_points=800)

@@ -22,32 +22,35 @@ TINY = ["--lr_res", "8", "--scale", "4", "--train_iters", "150", "--steps", "2",
 
 
 def test_run_scene_all_methods_then_skip(scene, tmp_path):
-    from sr.testing import save_tiny_x4_upscaler
+    from sr.testing import save_tiny_realesrgan, save_tiny_x4_upscaler
     sr_folder = save_tiny_x4_upscaler(str(tmp_path / "x4"))
+    isr = save_tiny_realesrgan(str(tmp_path / "rrdb.safetensors"))
+    models = ["--sr_model", sr_folder, "--isr", isr]
     model = str(tmp_path / "out" / "tiny")
-    run(["tools/run_scene.py", "-s", scene, "-m", model, "--sr_model", sr_folder] + TINY)
+    run(["tools/run_scene.py", "-s", scene, "-m", model] + models + TINY)
     results = json.load(open(os.path.join(model, "results.json")))
-    assert sorted(results) == ["3dsr", "bicubic", "lr-3dgs", "per-view-sr"]
+    assert sorted(results) == ["3dsr", "bicubic", "lr-3dgs", "per-view-isr", "per-view-sr"]
     from PIL import Image
     for method in results:
         assert results[method]["views"] == 2 and isinstance(results[method]["PSNR"], float)
         img = Image.open(os.path.join(model, "test", method, "renders", "00000.png"))
         assert img.size == (128, 96)  # images_2 of the 256x192 scene: x4 of the 32x24 LR views
     timings = json.load(open(os.path.join(model, "timings.json")))
-    for stage in ("train", "render lr-3dgs", "sr bicubic", "sr per-view-sr", "sr 3dsr", "render 3dsr", "metrics"):
+    for stage in ("train", "render lr-3dgs", "sr bicubic", "sr per-view-isr", "sr per-view-sr", "sr 3dsr",
+                  "render 3dsr", "metrics"):
         assert timings[stage] > 0, stage
     assert not os.path.exists(os.path.join(model, "unavailable.json")) or \
         json.load(open(os.path.join(model, "unavailable.json"))) == {}
 
     # a rerun does no training, SR or rendering again (only the metrics are refreshed)
-    proc = run(["tools/run_scene.py", "-s", scene, "-m", model, "--sr_model", sr_folder] + TINY)
+    proc = run(["tools/run_scene.py", "-s", scene, "-m", model] + models + TINY)
     ran = [line.split("]")[0][1:] for line in proc.stdout.splitlines() if line.startswith("[")]
     assert [r for r in ran if not r.startswith("render] backend")] == ["metrics"], ran
 
     # the summary table names every method with its numbers
     run(["tools/summarize.py", str(tmp_path / "out")])
     table = open(str(tmp_path / "out" / "results.md")).read()
-    for name in ("LR 3DGS @HR", "Bicubic → 3DGS", "Per-view SR → 3DGS", "3DSR"):
+    for name in ("LR 3DGS @HR", "Bicubic → 3DGS", "Real-ESRGAN → 3DGS", "Per-view SR → 3DGS", "3DSR"):
         assert name in table
 
 

@@ -21,15 +21,6 @@ FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-@pytest.fixture
-def meta_default_device():
-    torch.set_default_device("meta")
-    try:
-        yield
-    finally:
-        torch.set_default_device(None)
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """Tiny model folders, written before the canary is set."""

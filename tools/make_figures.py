@@ -6,7 +6,7 @@
 (a) MODEL/figures/comparison_<view>.png: one test view. Left, the full ground truth with the crop
     rectangles; right, a grid with one row per crop and one column per method, then GT, each crop
     enlarged by an integer nearest-neighbour factor (pixels stay pixels). Methods are the folders
-    MODEL/<split>/<method>/renders (default: bicubic, per-view-sr, 3dsr where present, else every method
+    MODEL/<split>/<method>/renders (default: lr-3dgs, bicubic, per-view-isr, per-view-sr, 3dsr where present, else every method
     folder); the ground truth is the first method's gt/. Crops are given as x,y,w,h in ground-truth
     pixels, or default to the --num_crops non-overlapping square windows with the most gradient energy
     of the ground truth (deterministic: ties go to the top-left-most window).
@@ -35,7 +35,7 @@ from tools.summarize import display_name, order_methods, read_json_object  # noq
 from utils.errors import ThreeDSRError  # noqa: E402
 from utils.system_utils import atomic_write, run_cli  # noqa: E402
 
-DEFAULT_METHODS = ("lr-3dgs", "bicubic", "per-view-sr", "3dsr")
+DEFAULT_METHODS = ("lr-3dgs", "bicubic", "per-view-isr", "per-view-sr", "3dsr")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 CROP_COLOURS = ((230, 40, 40), (40, 200, 60), (50, 110, 240), (240, 200, 30), (220, 60, 220), (40, 210, 210))
 DPI = 100

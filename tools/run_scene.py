@@ -8,6 +8,7 @@ Stages (each a subprocess of the usual commands, so a failure names the command 
   train        train.py at LR (-r lr_res, --eval, Mip-Splatting kernel) for train_iters
   lr-3dgs      render.py of the LR model at HR (-r hr_res)                    method folder test/lr-3dgs
   bicubic      sr_refine.py --mode bicubic  + render at HR                    test/bicubic
+  per-view-isr sr_refine.py --mode per-view-isr (Real-ESRGAN per view) + render  test/per-view-isr
   per-view-sr  sr_refine.py --mode per-view + render at HR ("SR then 3D")     test/per-view-sr
   3dsr         sr_refine.py --mode 3dsr     + render at HR                    test/3dsr
   metrics      metrics.py over every test/<method>/
@@ -29,7 +30,8 @@ from scene.scene import sr_run_ply  # noqa: E402
 from utils.errors import ModelNotFoundError, ThreeDSRError  # noqa: E402
 from utils.system_utils import atomic_write, run_cli  # noqa: E402
 
-SR_METHODS = {"bicubic": ("bicubic", "sr_bicubic"), "per-view-sr": ("per-view", "sr_per-view"),
+SR_METHODS = {"bicubic": ("bicubic", "sr_bicubic"), "per-view-isr": ("per-view-isr", "sr_per-view-isr"),
+              "per-view-sr": ("per-view", "sr_per-view"),
               "3dsr": ("3dsr", "sr")}
 METHODS = ("lr-3dgs",) + tuple(SR_METHODS)
 
@@ -44,6 +46,8 @@ def build_parser():
     p.add_argument("--steps", type=int, default=4, help="denoising steps (default 4)")
     p.add_argument("--iters_per_step", type=int, default=5000, help="fit iterations per step (default 5000)")
     p.add_argument("--sr_model", default="sd-x4-upscaler", help="diffusion SR model (name, hub id or folder)")
+    p.add_argument("--isr", default="realesrgan-x4plus",
+                   help="image SR model of the per-view-isr method (Real-ESRGAN -> 3DGS)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--extra_train", default="", help="extra flags for train.py, one string")
@@ -131,17 +135,22 @@ def main(argv=None):
         log_path = os.path.join(model, "sr", name, "log.json")
         done = sr_run_ply(model, name) is not None and run_complete(log_path)
         if not done:
-            if mode != "bicubic":
-                try:
+            try:  # the weights this method needs; missing ones make it "unavailable", not a failure
+                if mode == "per-view-isr":
+                    from sr.image_sr import load_isr_model
+                    load_isr_model(args.isr, "cpu")
+                elif mode != "bicubic":
                     from sr.loading import resolve_sr_model
                     resolve_sr_model(args.sr_model)
-                except ModelNotFoundError as exc:
-                    st.unavailable(method, str(exc))
-                    continue
+            except ModelNotFoundError as exc:
+                st.unavailable(method, str(exc))
+                continue
             cmd = ["sr_refine.py", "-m", model, "--iteration", it, "--mode", mode, "--name", name,
                    "--scale", str(args.scale), "--steps", str(args.steps), "--iters_per_step",
                    str(args.iters_per_step), "--seed", str(args.seed), "--quiet"]
-            if mode != "bicubic":
+            if mode == "per-view-isr":
+                cmd += ["--isr", args.isr]
+            elif mode != "bicubic":
                 cmd += ["--sr_model", args.sr_model]
             resume = os.path.isdir(os.path.join(model, "sr", name))
             st.run(f"sr {method}", cmd + (["--resume"] if resume else []) + args.extra_sr.split())

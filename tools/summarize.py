@@ -47,6 +47,7 @@ DECIMALS = {"PSNR": 3, "NIQE": 3, "FID": 3}  # others: 4
 METHOD_NAMES = {
     "lr-3dgs": "LR 3DGS @HR",
     "bicubic": "Bicubic → 3DGS",
+    "per-view-isr": "Real-ESRGAN → 3DGS",
     "per-view-sr": "Per-view SR → 3DGS",
     "3dsr": "3DSR",
 }

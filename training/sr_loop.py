@@ -15,8 +15,10 @@ back through the VAE, so the final fit continues on the model's last proposals i
 The baselines run through the same code and differ only in where the targets come from:
   per-view: the plain sampler (z = x0, no fits between steps), then one fit to the decoded images
             ("SR then 3D");
-  bicubic:  no diffusion model, bicubic-upsampled LR images as targets, one fit.
-Both baselines fit as many iterations as 3DSR does in total (steps x K + final), on one schedule.
+  bicubic:  no diffusion model, bicubic-upsampled LR images as targets, one fit;
+  per-view-isr: every view upscaled once by a single-step image SR model (Real-ESRGAN: sr.image_sr), then
+            one fit with the same L_hr + lambda L_lr loss (the SRGS-style baseline).
+The baselines fit as many iterations as 3DSR does in total (steps x K + final), on one schedule.
 
 Resuming: after each denoising step one file (step_<k>/checkpoint.pth) holds the latents, the
 sampling generator, the Gaussians with their Adam state, the densification state and the global RNG,
@@ -45,8 +47,9 @@ from utils.image_utils import area_downsample, psnr, save_image
 from utils.loss_utils import photometric_loss
 from utils.system_utils import atomic_write
 
-MODES = ("3dsr", "per-view", "bicubic")
-DEFAULT_RUN_NAMES = {"3dsr": "sr", "per-view": "sr_per-view", "bicubic": "sr_bicubic"}
+MODES = ("3dsr", "per-view", "bicubic", "per-view-isr")
+DEFAULT_RUN_NAMES = {"3dsr": "sr", "per-view": "sr_per-view", "bicubic": "sr_bicubic",
+                     "per-view-isr": "sr_per-view-isr"}
 _CHECKPOINT_FORMAT = "3dsr-sr-checkpoint"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -87,7 +90,7 @@ class SRSettings:
 
     @property
     def uses_diffusion(self) -> bool:
-        return self.mode != "bicubic"
+        return self.mode in ("3dsr", "per-view")
 
 
 def check_published_update(settings: SRSettings, sr):
@@ -177,9 +180,16 @@ class SRRefiner:
     def __init__(self, settings: SRSettings, gaussians, lr_cameras: Sequence, *, opt, pipe, background,
                  kernel_size: float, scene_extent: float, run_dir: str, ply_path: str, sr=None, strategy=None,
                  hr_test_cameras: Sequence = (), save_images: bool = True, keep_checkpoints: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, isr=None):
         if settings.uses_diffusion and sr is None:
             raise ThreeDSRError(f"mode '{settings.mode}' needs a diffusion SR model")
+        if settings.mode == "per-view-isr":
+            if isr is None:
+                raise ThreeDSRError("mode 'per-view-isr' needs an image SR model (--isr)")
+            if int(isr.scale) != int(settings.scale):
+                raise ThreeDSRError(f"--scale {settings.scale} but the image SR model '{isr.name}' upscales "
+                                    f"x{isr.scale}; pass --scale {isr.scale}")
+        self.isr = isr if settings.mode == "per-view-isr" else None
         if sr is not None and settings.uses_diffusion and int(sr.scale) != int(settings.scale):
             raise ThreeDSRError(f"--scale {settings.scale} but the SR model '{sr.name}' upscales x{sr.scale}; "
                                 f"pass --scale {sr.scale}")
@@ -225,6 +235,13 @@ class SRRefiner:
         return torch.stack([render(c, self.gaussians, self.pipe, self.background,
                                    kernel_size=self.kernel_size)["render"].clamp(0, 1) for c in self.hr_cameras])
 
+    @torch.no_grad()
+    def isr_targets(self) -> torch.Tensor:
+        """Every view upscaled once by the image SR model, one view at a time (memory of one view)."""
+        out = [self._targets_device(self.isr.upscale(img[None]))[0] for img in self.lr_images]
+        release_cached_memory(self.isr.device)
+        return torch.stack(out).clamp(0.0, 1.0)
+
     def _targets_device(self, images: torch.Tensor) -> torch.Tensor:
         return images.detach().to(self.data_device, torch.float32)
 
@@ -259,7 +276,7 @@ class SRRefiner:
         steps = [e for e in self.log if e["step"] != "final"]
         final = next((e for e in self.log if e["step"] == "final"), None)
         payload = {"mode": self.settings.mode, "scale": self.settings.scale,
-                   "sr_model": self.settings.sr_model if self.settings.uses_diffusion else None,
+                   "sr_model": self.settings.sr_model or None,
                    "settings": dataclasses.asdict(self.settings), "views": len(self.names),
                    "hr_size": [self.hr_cameras[0].width, self.hr_cameras[0].height],
                    "steps": steps, "final": final, "total_seconds": round(total_seconds, 2), "complete": complete}
@@ -408,6 +425,8 @@ class SRRefiner:
             targets = self._targets_device(sr.decode(self.last_x0, self.lr_images))
         elif sr is not None:
             targets = self._targets_device(sr.decode(latents.latents, self.lr_images))
+        elif self.isr is not None:
+            targets = self.isr_targets()
         else:
             targets = bicubic_upsample(self.lr_images, st.scale)
         release_cached_memory(self.device)

@@ -30,6 +30,7 @@ class DensifyStrategy:
     seed: int = 0                         # seeds the split samples
     _state: dict = field(default_factory=dict, repr=False)
     _generator: Optional[torch.Generator] = field(default=None, repr=False)
+    _scratch: tuple = field(default=(), repr=False)  # per-iteration temporaries (not state)
 
     @property
     def generator(self) -> torch.Generator:
@@ -48,6 +49,12 @@ class DensifyStrategy:
 
     def reset_state(self, n, device="cpu"):
         self._state = {k: torch.zeros(n, device=device) for k in ("grad_accum", "denom", "max_radii")}
+
+    def _scratch_buffers(self, like):
+        """Temporaries [N] and [N, 2] and a zero, like `like`, reused while N and the device stay."""
+        if not self._scratch or self._scratch[0].shape != like.shape or self._scratch[0].device != like.device:
+            self._scratch = (torch.empty_like(like), like.new_empty(like.shape[0], 2), like.new_zeros(()))
+        return self._scratch
 
     def state_dict(self) -> dict:
         return {"stats": dict(self._state), "generator": self.generator.get_state()}
@@ -70,15 +77,19 @@ class DensifyStrategy:
             self.reset_state(n, gaussians.get_xyz.device)
         st = self._state
         # masked updates with torch.where, not boolean indexing: no host sync per iteration on a GPU
-        # (x + 0 and max(x, x) are exact, so the statistics equal the indexed version bit for bit)
+        # (x + 0 and max(x, x) are exact, so the statistics equal the indexed version bit for bit);
+        # in place through two reused scratch buffers, so no per-iteration [N] allocations
         vis = render_pkg["visibility_filter"]
-        radii = render_pkg["radii"].to(st["max_radii"].dtype)
-        st["max_radii"] = torch.where(vis, torch.maximum(st["max_radii"], radii), st["max_radii"])
+        tmp, tmp2, zero = self._scratch_buffers(st["max_radii"])
+        tmp.copy_(render_pkg["radii"])
+        torch.maximum(st["max_radii"], tmp, out=tmp)
+        torch.where(vis, tmp, st["max_radii"], out=st["max_radii"])
         grad = render_pkg["viewspace_points"].grad
         if grad is not None:
-            ndc = grad[:, :2] * grad.new_tensor([camera.width * 0.5, camera.height * 0.5])
-            st["grad_accum"] += torch.where(vis, ndc.norm(dim=-1), torch.zeros_like(st["grad_accum"]))
-            st["denom"] += vis.to(st["denom"].dtype)
+            torch.mul(grad[:, :2], grad.new_tensor([camera.width * 0.5, camera.height * 0.5]), out=tmp2)
+            torch.linalg.vector_norm(tmp2, dim=-1, out=tmp)
+            st["grad_accum"].add_(torch.where(vis, tmp, zero, out=tmp))
+            st["denom"].add_(vis)
 
         changed = False
         if iteration > self.densify_from_iter and iteration % self.densification_interval == 0:

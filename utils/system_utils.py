@@ -47,6 +47,15 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
+def cache_root():
+    """The project's cache folder for converted weights and data: `$THREEDSR_CACHE` if set, else
+    `~/.cache/3dsr`."""
+    env = os.environ.get("THREEDSR_CACHE")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    return os.path.join(os.path.expanduser("~"), ".cache", "3dsr")
+
+
 def mkdir_p(path):
     os.makedirs(path, exist_ok=True)
 

@@ -34,3 +34,13 @@ threedsr_env_name() {
     echo ".venv ($(pwd)/.venv)"
   fi
 }
+
+# The interpreter for a setup step: `python` when setup.sh (or a conda environment) has one active, else
+# .venv's when it exists (a step run by hand).
+threedsr_step_python() {
+  if [ -z "${VIRTUAL_ENV:-}" ] && ! threedsr_conda_env && [ -x .venv/bin/python ]; then
+    echo .venv/bin/python
+  else
+    echo python
+  fi
+}

@@ -3,10 +3,8 @@
 # once to safetensors in $THREEDSR_CACHE/metrics (default ~/.cache/3dsr/metrics). Never fails the setup:
 # without them metrics.py reports LPIPS/NIQE as unavailable and says how to get them.
 cd "$(dirname "$0")/../.."
-PY=python
 . scripts/lib/pyenv.sh
-# run by setup.sh the environment is active already; run by hand, .venv unless a conda environment is active
-if [ -z "${VIRTUAL_ENV:-}" ] && ! threedsr_conda_env && [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
+PY=$(threedsr_step_python)
 if ! "$PY" tools/fetch_metric_weights.py; then
   echo "metric weights: not installed (LPIPS and NIQE will be reported unavailable); retry later with:" \
        "python tools/fetch_metric_weights.py"

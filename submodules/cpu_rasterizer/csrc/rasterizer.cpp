@@ -344,8 +344,10 @@ std::vector<int32_t> depth_order(const S* depth, const std::vector<int32_t>& vis
 struct Binning {
   torch::Tensor gids;          // [P] int32: Gaussian of each pair, grouped by tile, depth sorted
   torch::Tensor tile_offsets;  // [n_tiles + 1] int32
-  torch::Tensor gauss_offsets; // [N + 1] int32: a Gaussian's pairs are gauss_pairs[off[g]:off[g+1]]
-  torch::Tensor gauss_pairs;   // [P] int32: pair positions (into gids) of each Gaussian
+  torch::Tensor gauss_offsets; // [N + 1] int32: Gaussian g owns rows off[g]:off[g+1] of the pair buffer
+  torch::Tensor gauss_pairs;   // [P] int32: per pair (position in gids), its row in that Gaussian-major
+                               // buffer, so backward writes each pair's gradient where the per-Gaussian
+                               // reduction then reads it contiguously
 };
 
 template <typename S>
@@ -418,7 +420,7 @@ Binning bin_gaussians(const std::vector<int32_t>& rects, const S* depth, int64_t
         for (int tx = r[0]; tx < r[1]; ++tx) {
           const int64_t pos = cur[ty * tiles_x + tx]++;
           gid[pos] = g;
-          gp[j++] = static_cast<int32_t>(pos);
+          gp[pos] = j++;
         }
     }
   }
@@ -646,8 +648,8 @@ void composite_tile_forward(int tile, int tiles_x, int width, int height, const 
 
 template <typename S>
 void composite_tile_backward(int tile, int tiles_x, int width, int height, const S* feat,
-                             const int32_t* gid, int32_t start, int32_t count, bool fused, const S* bg,
-                             const S* final_T, const int32_t* last_in, const S* g_image,
+                             const int32_t* gid, const int32_t* slot, int32_t start, int32_t count, bool fused,
+                             const S* bg, const S* final_T, const int32_t* last_in, const S* g_image,
                              const S* g_depth, const S* g_alpha, S* pair_grad) {
   typedef typename Vec<S>::V V;
   typedef typename Vec<S>::I I;
@@ -689,13 +691,15 @@ void composite_tile_backward(int tile, int tiles_x, int width, int height, const
     }
   }
   // Pairs behind every pixel's last contributor get no gradient.
-  std::fill(pair_grad + static_cast<int64_t>(start + kmax) * PAIR_G,
-            pair_grad + static_cast<int64_t>(start + count) * PAIR_G, S(0));
+  for (int32_t k = kmax; k < count; ++k) {
+    S* out = pair_grad + static_cast<int64_t>(slot[start + k]) * PAIR_G;
+    std::fill(out, out + PAIR_G, S(0));
+  }
   const V amax = splat<V>(static_cast<S>(ALPHA_MAX)), amin = splat<V>(static_cast<S>(ALPHA_MIN));
   const V zero = splat<V>(S(0)), one = splat<V>(S(1)), half = splat<V>(S(-0.5));
   for (int32_t k = kmax - 1; k >= 0; --k) {
     const S* f = feat + static_cast<int64_t>(gid[start + k]) * FEAT;
-    S* out = pair_grad + static_cast<int64_t>(start + k) * PAIR_G;
+    S* out = pair_grad + static_cast<int64_t>(slot[start + k]) * PAIR_G;
     int r0, r1;
     if (!reach(f, x_base, y_base, r0, r1)) {
       std::fill(out, out + PAIR_G, S(0));
@@ -1020,6 +1024,7 @@ std::vector<torch::Tensor> backward_impl(
   {
     const S* ft = feat.data_ptr<S>();
     const int32_t* gid = gids.data_ptr<int32_t>();
+    const int32_t* slot = gauss_pairs.data_ptr<int32_t>();
     const int32_t* toff = tile_offsets.data_ptr<int32_t>();
     const S* bg = bgc.data_ptr<S>();
     const S* fT = final_T.data_ptr<S>();
@@ -1031,7 +1036,7 @@ std::vector<torch::Tensor> backward_impl(
     const std::vector<uint8_t> fused = reference_fused_tiles(toff, n_tiles, ref_chunk_elements, fused_path<S>());
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
     for (int tile = 0; tile < n_tiles; ++tile) {
-      composite_tile_backward<S>(tile, tiles_x, width, height, ft, gid, toff[tile], toff[tile + 1] - toff[tile],
+      composite_tile_backward<S>(tile, tiles_x, width, height, ft, gid, slot, toff[tile], toff[tile + 1] - toff[tile],
                                  fused[tile] != 0, bg, fT, lst, gip, gdp, gap, pg);
     }
   }
@@ -1047,7 +1052,6 @@ std::vector<torch::Tensor> backward_impl(
     const S* gm2p = gm2.data_ptr<S>();
     const S* pg = pair_grad.data_ptr<S>();
     const int32_t* goff = gauss_offsets.data_ptr<int32_t>();
-    const int32_t* gp = gauss_pairs.data_ptr<int32_t>();
     const int32_t* rad = radii.data_ptr<int32_t>();
     const S* dep = depths.data_ptr<S>();
     const S* m = means.data_ptr<S>();
@@ -1064,7 +1068,7 @@ std::vector<torch::Tensor> backward_impl(
     for (int64_t i = 0; i < N; ++i) {
       double acc[PAIR_G] = {0};
       for (int32_t j = goff[i]; j < goff[i + 1]; ++j) {
-        const S* r = pg + static_cast<int64_t>(gp[j]) * PAIR_G;
+        const S* r = pg + static_cast<int64_t>(j) * PAIR_G;
         for (int e = 0; e < PAIR_G; ++e) acc[e] += static_cast<double>(r[e]);
       }
       const double v_m2d[2] = {acc[0] + gm2p[2 * i], acc[1] + gm2p[2 * i + 1]};
