@@ -157,6 +157,22 @@ def gaussian_colors(camera, gaussians, override_color=None):
     return torch.clamp_min(eval_sh(deg, sh, dirs) + 0.5, 0.0)
 
 
+def _fused_preprocess(name, gaussians):
+    """The cpu backend's module when it can compute the per-Gaussian preprocessing (SH colours, activations)
+    for this model in C++, else None (the PyTorch properties of the model are the reference)."""
+    if name != "cpu":
+        return None
+    from gaussian_renderer import cpu_backend
+    params = getattr(gaussians, "params", None)
+    if not cpu_backend.preprocess_available() or not isinstance(params, dict) or not all(
+            k in params for k in ("xyz", "f_dc", "f_rest", "scaling", "rotation", "opacity")):
+        return None
+    filter_3d = gaussians.filter_3D
+    if filter_3d.requires_grad or filter_3d.numel() != params["xyz"].shape[0] or params["f_dc"].dim() != 3:
+        return None
+    return cpu_backend
+
+
 def render(camera, gaussians, pipe, bg_color, kernel_size=None, scaling_modifier=1.0, override_color=None,
            backend=None):
     """Render `gaussians` from `camera`.
@@ -184,11 +200,22 @@ def render(camera, gaussians, pipe, bg_color, kernel_size=None, scaling_modifier
     viewspace = torch.zeros_like(means, requires_grad=means.requires_grad)
     if viewspace.requires_grad:
         viewspace.retain_grad()
-    scales = gaussians.get_scaling_with_3D_filter * scaling_modifier
-    opac = gaussians.get_opacity_with_3D_filter.squeeze(-1)
-    colors = gaussian_colors(camera, gaussians, override_color)
+    fused = _fused_preprocess(name, gaussians)
+    if fused is not None:  # the same activations and colours, computed in C++ (cpu_backend.activations)
+        scales, opac, quats = fused.activations(gaussians.params["scaling"], gaussians.params["rotation"],
+                                                gaussians.params["opacity"], gaussians.filter_3D)
+        if scaling_modifier != 1.0:
+            scales = scales * scaling_modifier
+        colors = override_color if override_color is not None else fused.sh_colors(
+            means, gaussians.params["f_dc"], gaussians.params["f_rest"], camera.camera_center,
+            gaussians.active_sh_degree)
+    else:
+        scales = gaussians.get_scaling_with_3D_filter * scaling_modifier
+        opac = gaussians.get_opacity_with_3D_filter.squeeze(-1)
+        quats = gaussians.get_rotation
+        colors = gaussian_colors(camera, gaussians, override_color)
     out = _rasterizer(name)(
-        means, gaussians.get_rotation, scales, opac, colors,
+        means, quats, scales, opac, colors,
         camera.world_to_camera.to(means), camera.intrinsics().to(means), camera.width, camera.height,
         bg_color.to(means), kernel_size=kernel_size, means2d_offset=viewspace[:, :2], compensate=compensate)
     radii = out["radii"]

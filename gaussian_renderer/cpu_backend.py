@@ -96,3 +96,72 @@ def rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height
         prep(background.reshape(-1)), viewmat.detach().to(dtype).contiguous(), K.detach().to(dtype).contiguous(),
         int(width), int(height), float(kernel_size), bool(compensate))
     return {"image": image, "depth": depth, "alpha": alpha, "radii": radii, "means2d": means2d}
+
+
+# ---- per-Gaussian preprocessing: SH colours and activations, fused (render() uses them on this backend) ----
+
+def preprocess_available() -> bool:
+    """True when the installed extension has the fused preprocessing (builds before it do not)."""
+    return _C is not None and hasattr(_C, "sh_colors_forward") and hasattr(_C, "activations_forward")
+
+
+class _SHColorsCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xyz, f_dc, f_rest, campos, deg):
+        ctx.save_for_backward(xyz, f_dc, f_rest, campos)
+        ctx.deg = deg
+        return _C.sh_colors_forward(xyz, f_dc, f_rest, campos, deg, torch.get_num_threads())
+
+    @staticmethod
+    def backward(ctx, g_colors):
+        xyz, f_dc, f_rest, campos = ctx.saved_tensors
+        g_xyz, g_dc, g_rest = _C.sh_colors_backward(xyz, f_dc, f_rest, campos, ctx.deg, g_colors.contiguous(),
+                                                    torch.get_num_threads())
+        need = ctx.needs_input_grad
+        # degree 0 does not depend on the direction: no gradient reaches xyz, as in the reference
+        return g_xyz if need[0] and ctx.deg > 0 else None, g_dc if need[1] else None, g_rest if need[2] else None, None, None
+
+
+class _ActivationsCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, log_scales, quats, opacity_logits, filter_3d):
+        ctx.save_for_backward(log_scales, quats, opacity_logits, filter_3d)
+        scales, opacities, unit_quats = _C.activations_forward(log_scales, quats, opacity_logits, filter_3d,
+                                                               torch.get_num_threads())
+        return scales, opacities, unit_quats
+
+    @staticmethod
+    def backward(ctx, g_scales, g_opacities, g_quats):
+        log_scales, quats, opacity_logits, filter_3d = ctx.saved_tensors
+        # an output nobody used arrives as None: its gradient is zero
+        g_scales, g_opacities, g_quats = (torch.zeros_like(ref) if g is None else g.contiguous() for g, ref in (
+            (g_scales, log_scales), (g_opacities, opacity_logits.reshape(-1)), (g_quats, quats)))
+        v_scales, v_quats, v_opac = _C.activations_backward(log_scales, quats, opacity_logits, filter_3d, g_scales,
+                                                            g_opacities, g_quats, torch.get_num_threads())
+        need = ctx.needs_input_grad
+        return v_scales if need[0] else None, v_quats if need[1] else None, v_opac if need[2] else None, None
+
+
+def sh_colors(xyz, f_dc, f_rest, camera_center, deg):
+    """`gaussian_colors` in C++: max(eval_sh(deg, [f_dc, f_rest], normalize(xyz - camera_center)) + 0.5, 0).
+
+    Args: xyz [N, 3], f_dc [N, 1, 3], f_rest [N, K-1, 3] (K >= (deg+1)^2; coefficients above `deg`
+        get zero gradients, as in the reference), camera_center [3]; CPU, one floating dtype.
+    Returns colors [N, 3]; differentiable in xyz, f_dc and f_rest.
+    """
+    dtype = xyz.dtype
+    return _SHColorsCPU.apply(xyz.contiguous(), f_dc.to(dtype).contiguous(), f_rest.to(dtype).contiguous(),
+                              camera_center.detach().to(xyz).reshape(3).contiguous(), int(deg))
+
+
+def activations(log_scales, quats, opacity_logits, filter_3d):
+    """GaussianModel's activations with the 3D filter folded in, in C++ (Mip-Splatting eq. 8).
+
+    Args: log_scales [N, 3], quats [N, 4] (w, x, y, z; any norm), opacity_logits [N, 1] or [N],
+        filter_3d [N, 1] or [N] (not differentiated); CPU, one floating dtype.
+    Returns scales [N, 3] = sqrt(exp(log_scales)^2 + f^2), opacities [N] = sigmoid(o) *
+        sqrt(prod exp(2 log_scales) / prod(exp(2 log_scales) + f^2)), quats [N, 4] unit.
+    """
+    dtype = log_scales.dtype
+    return _ActivationsCPU.apply(log_scales.contiguous(), quats.to(dtype).contiguous(),
+                                 opacity_logits.to(dtype).contiguous(), filter_3d.detach().to(dtype).contiguous())

@@ -39,3 +39,4 @@ run_batch "$(dirname "$SCENE")" "$OUT" "$(basename "$SCENE")" --lr_res 8 --scale
   "${FLAGS[@]}" "${EXTRA[@]}" || exit 1
 python tools/make_figures.py "$OUT/$(basename "$SCENE")" || exit 1
 echo "results: $OUT/results.md; figures: $OUT/$(basename "$SCENE")/figures/"
+echo "look at it: python view.py -m $OUT/$(basename "$SCENE")   (then open http://localhost:8080)"

@@ -27,7 +27,7 @@ def option_blocks(text):
     return blocks
 
 
-@pytest.mark.parametrize("name", ["train", "render", "sr_refine", "metrics"])
+@pytest.mark.parametrize("name", ["train", "render", "sr_refine", "metrics", "view"])
 def test_every_flag_shows_its_default(name):
     module = __import__(name)
     blocks = option_blocks(help_text(module))

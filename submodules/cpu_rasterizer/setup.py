@@ -74,7 +74,7 @@ setup(
     ext_modules=[
         CppExtension(
             name="threedsr_cpu_rasterizer._C",
-            sources=[os.path.join("csrc", "rasterizer.cpp")],
+            sources=[os.path.join("csrc", "rasterizer.cpp"), os.path.join("csrc", "preprocess.cpp")],
             extra_compile_args={"cxx": CXX_FLAGS},
             extra_link_args=["-fopenmp"],
         )

@@ -1153,6 +1153,7 @@ std::string build_info() {
   return s;
 }
 
+void register_preprocess(pybind11::module& m);  // preprocess.cpp
 }  // namespace tdsr
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -1178,6 +1179,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("compensate") = true);
   // Bumped when the Python-visible signature changes; gaussian_renderer/cpu_backend.py checks it.
   m.attr("API_VERSION") = 2;
+  tdsr::register_preprocess(m);  // SH colours and activations (gaussian_renderer/cpu_backend.py)
   m.def("build_info", &tdsr::build_info, "Compiler features the extension was built with.");
   m.attr("TILE") = tdsr::TILE;
 }

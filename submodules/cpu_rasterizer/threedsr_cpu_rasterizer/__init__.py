@@ -2,10 +2,14 @@
 
 Use it through `gaussian_renderer.cpu_backend.rasterize`, which wraps these raw entry points in a
 `torch.autograd.Function` with the reference rasterizer's signature. API_VERSION 2 added the
-`compensate` argument (the 2D filter without opacity compensation, Inria 3DGS's dilation).
+`compensate` argument (the 2D filter without opacity compensation, Inria 3DGS's dilation). `sh_colors_*` and
+`activations_*` are the per-Gaussian preprocessing (SH colours; activations with the 3D filter folded in).
 """
 import torch  # noqa: F401  (loads libtorch and its OpenMP runtime before the extension)
 
-from threedsr_cpu_rasterizer._C import API_VERSION, TILE, backward, build_info, forward  # noqa: E402
+from threedsr_cpu_rasterizer._C import (  # noqa: E402
+    API_VERSION, TILE, activations_backward, activations_forward, backward, build_info, forward, sh_colors_backward,
+    sh_colors_forward)
 
-__all__ = ["forward", "backward", "build_info", "TILE", "API_VERSION"]
+__all__ = ["forward", "backward", "sh_colors_forward", "sh_colors_backward", "activations_forward",
+           "activations_backward", "build_info", "TILE", "API_VERSION"]
