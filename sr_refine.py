@@ -144,7 +144,11 @@ def plan_memory(args, srp, sr_opts, kind, weights, scene, scale, device, data_de
                                   sr_batch=sr_opts.get("sr_batch", 1), sr_tile=tile)
 
     tiling = AUTO_TILING.get(kind)
-    est = estimate(tiling[1] if tiled and tiling else 0)
+    if kind == "RealESRGAN":  # always tiled unless --isr_tile 0; a tile is its LR edge plus a 32-px margin each side
+        current_tile = 4 * (srp.isr_tile + 64) if srp.isr_tile else 0
+    else:
+        current_tile = tiling[1] if tiled and tiling else 0
+    est = estimate(current_tile)
     capacity = device_capacity(device)
     print(f"memory estimate: {est.describe()}; the device has {capacity / GiB:.1f} GiB")
     if args.memory_check == "off" or est.total <= 0.9 * capacity:
@@ -248,10 +252,13 @@ def main(argv=None):
             print(f"note: no HR ground truth at {lr_w * settings.scale}x{lr_h * settings.scale} (the LR model was "
                   f"trained at -r {getattr(trained, 'resolution', -1)}, beyond the captured images at x{settings.scale}; "
                   "--hr_images DIR gives one): the per-step test PSNR is skipped")
-    kind = sr_kind(sr_folder) if sr_folder else ""
+    kind = sr_kind(sr_folder) if sr_folder else "RealESRGAN" if isr is not None else ""
     sr_device = device if srp.sr_device in ("", "auto") else resolve_device(srp.sr_device)
     from training.memory import weights_bytes
-    sr_opts = plan_memory(args, srp, sr_opts, kind, weights_bytes(sr_folder), scene, settings.scale, sr_device,
+    weights = weights_bytes(sr_folder) if sr_folder else 0
+    if isr is not None:
+        weights = sum(p.numel() * p.element_size() for p in isr.net.parameters())
+    sr_opts = plan_memory(args, srp, sr_opts, kind, weights, scene, settings.scale, sr_device,
                           scene.data_device, not srp.no_densify)
     if settings.uses_diffusion:
         # a checkpoint resumes only under the same options; the views per call change no result

@@ -24,7 +24,8 @@ VIEW_BYTES_PER_HR_PIXEL = 12        # one float32 RGB image
 DENSIFY_HEADROOM = 2.0              # Gaussians may double while densifying
 # SR activations per HR pixel per view at fp32 (fp16 halves it): an SD-VAE decoder keeps ~128-channel
 # full-resolution feature maps (input, output, norm) alive; our pixel prior runs at half resolution.
-SR_BYTES_PER_HR_PIXEL = {"SDx4Upscaler": 3072, "StableSRTurbo": 4096, "PixelPriorSR": 1024}
+SR_BYTES_PER_HR_PIXEL = {"SDx4Upscaler": 3072, "StableSRTurbo": 4096, "PixelPriorSR": 1024,
+                         "RealESRGAN": 512}  # RRDBNet: 64-channel maps after the x4 upsampling
 DEFAULT_SR_BYTES_PER_HR_PIXEL = 3072
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pth", ".pt")
 
