@@ -29,11 +29,9 @@ bad (missing/empty folders, mismatched names or sizes, unreadable images) or not
 import os
 import sys
 
-import torch
-
 from arguments import CLIArgumentParser, show_defaults
-
 from evaluation.evaluate import METRICS, evaluate_method, find_methods, merge_json, print_table, scan_method
+from utils.device import resolve_device
 from utils.errors import ThreeDSRError
 from utils.system_utils import run_cli
 
@@ -50,13 +48,7 @@ def main(argv=None):
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = show_defaults(parser).parse_args(argv)
     metrics = [m for m in METRICS if m in args.metrics]
-    try:
-        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                              "cpu" if args.device == "auto" else args.device)
-    except RuntimeError:
-        raise ThreeDSRError(f"--device {args.device!r} is not a device name; use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ThreeDSRError(f"--device {args.device} requested but CUDA is not available; use --device cpu")
+    device = resolve_device(args.device)
     suffix = "" if args.split == "test" else f"_{args.split}"
 
     errors, rows, evaluated = [], [], 0

@@ -128,7 +128,7 @@ AUTO_TILING = {"SDx4Upscaler": ({"vae_tiling": True}, 512, "--vae_tiling"),
                "PixelPriorSR": None}
 
 
-def plan_memory(args, srp, sr_opts, kind, weights, scene, scale, device, data_device, densify):
+def plan_memory(args, isr, sr_opts, kind, weights, scene, scale, device, data_device, densify):
     """Print the estimate; switch on the SR model's tiling when the untiled run would not fit the device
     (--memory_check off: only print); refuse in one line when even the tiled run cannot fit."""
     from training.memory import GiB, device_capacity, estimate_sr_memory
@@ -144,8 +144,8 @@ def plan_memory(args, srp, sr_opts, kind, weights, scene, scale, device, data_de
                                   sr_batch=sr_opts.get("sr_batch", 1), sr_tile=tile)
 
     tiling = AUTO_TILING.get(kind)
-    if kind == "RealESRGAN":  # always tiled unless --isr_tile 0; a tile is its LR edge plus a 32-px margin each side
-        current_tile = 4 * (srp.isr_tile + 64) if srp.isr_tile else 0
+    if isr is not None:  # an image SR model tiles by itself: its LR tile plus the overlap on each side, at HR
+        current_tile = isr.scale * (isr.tile + 2 * isr.tile_overlap) if isr.tile else 0
     else:
         current_tile = tiling[1] if tiled and tiling else 0
     est = estimate(current_tile)
@@ -258,7 +258,7 @@ def main(argv=None):
     weights = weights_bytes(sr_folder) if sr_folder else 0
     if isr is not None:
         weights = sum(p.numel() * p.element_size() for p in isr.net.parameters())
-    sr_opts = plan_memory(args, srp, sr_opts, kind, weights, scene, settings.scale, sr_device,
+    sr_opts = plan_memory(args, isr, sr_opts, kind, weights, scene, settings.scale, sr_device,
                           scene.data_device, not srp.no_densify)
     if settings.uses_diffusion:
         # a checkpoint resumes only under the same options; the views per call change no result

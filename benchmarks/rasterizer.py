@@ -33,6 +33,7 @@ sys.path.insert(0, ROOT)
 
 from gaussian_renderer import backend_status, torch_backend  # noqa: E402
 from gaussian_renderer.projection import project_gaussians  # noqa: E402
+from utils.system_utils import proc_status_kib  # noqa: E402
 
 FULL_CONFIGS = [(128, 10_000), (256, 50_000), (512, 200_000)]
 QUICK_CONFIGS = [(64, 2_000), (128, 10_000)]
@@ -65,14 +66,6 @@ def realistic_scene(n, size, seed=0, dtype=torch.float32):
     return [means, quats, scales, opac, colors], K
 
 
-def _rss_kib(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return None
-
-
 def _release_free_heap():
     """Hand freed heap pages back to the OS (glibc keeps them), so that a call's peak shows up as
     RSS growth instead of hiding in memory an earlier call freed."""
@@ -89,11 +82,11 @@ def peak_rss_delta_mib(fn):
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")  # reset VmHWM to the current RSS
-        before = _rss_kib("VmRSS")
+        before = proc_status_kib("VmRSS")
     except OSError:
         return fn(), None
     result = fn()
-    peak = _rss_kib("VmHWM")
+    peak = proc_status_kib("VmHWM")
     return result, (peak - before) / 1024.0 if peak is not None and before is not None else None
 
 

@@ -135,10 +135,10 @@ class Scene:
                 json.dump(cams, f)
             gaussians.create_from_pcd(info.point_cloud, self.cameras_extent)
         else:
-            gaussians.load_ply(self.ply_path(self.loaded_iter))
+            ply = self.ply_path(self.loaded_iter)
+            gaussians.load_ply(ply)
             # render as the model's source renders it: Mip-Splatting's 2D filter or Inria 3DGS's dilation
-            gaussians.filter_2d = model_filter_2d(self.model_path, self.ply_path(self.loaded_iter),
-                                                  getattr(args, "filter_2d", "auto"))
+            gaussians.filter_2d = model_filter_2d(self.model_path, ply, getattr(args, "filter_2d", "auto"))
             gaussians.spatial_lr_scale = self.cameras_extent
 
     def ply_path(self, iteration):

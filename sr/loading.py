@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from sr import hub
+from utils.device import resolve_device
 from utils.errors import ModelNotFoundError
 
 # Short name -> Hugging Face hub id.
@@ -47,7 +48,7 @@ def first_line(exc: BaseException) -> str:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device("auto")
 
 
 def default_dtype(device) -> torch.dtype:

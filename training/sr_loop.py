@@ -45,7 +45,7 @@ from utils.device import release_cached_memory
 from utils.errors import ModelNotFoundError, ThreeDSRError
 from utils.image_utils import area_downsample, psnr, save_image
 from utils.loss_utils import photometric_loss
-from utils.system_utils import atomic_write
+from utils.system_utils import atomic_write, proc_status_kib
 
 MODES = ("3dsr", "per-view", "bicubic", "per-view-isr")
 DEFAULT_RUN_NAMES = {"3dsr": "sr", "per-view": "sr_per-view", "bicubic": "sr_bicubic",
@@ -130,13 +130,9 @@ def peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB: VmHWM of /proc/self/status where it exists (ru_maxrss
     also carries the RSS of the parent at fork across execve, so a script started by a large process
     would report that process's size), else ru_maxrss."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024.0, 1)
-    except OSError:
-        pass
+    hwm = proc_status_kib("VmHWM")
+    if hwm is not None:
+        return round(hwm / 1024.0, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 

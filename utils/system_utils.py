@@ -56,6 +56,18 @@ def cache_root():
     return os.path.join(os.path.expanduser("~"), ".cache", "3dsr")
 
 
+def proc_status_kib(field):
+    """A memory field of /proc/self/status (e.g. "VmRSS", "VmHWM") in KiB, or None where there is none."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def mkdir_p(path):
     os.makedirs(path, exist_ok=True)
 
