@@ -1,16 +1,19 @@
-"""Our own small x4 diffusion prior: pixel-space residual diffusion over the bicubic upsample.
+"""Our own small x4 diffusion prior: pixel-space residual diffusion over a deterministic base upsample.
 
-The network sees the HR residual and the bicubic image, never a latent autoencoder, so it is small
+The network sees the HR residual and the base image, never a latent autoencoder, so it is small
 (~6 M parameters), trains on CPU in hours and runs anywhere. In DiffusionSR terms:
 
-    base(L)     = bicubic x`scale` upsample of the LR images L, clamped to [0, 1]
+    base(L)     = the x`scale` base image of the LR images L in [0, 1]: the bicubic upsample ("bicubic",
+                  format 1) or an image SR model's output ("realesrgan-x4plus", prior v2), per prior_config
     latent      = (HR - base(L)) / residual_scale           float32 [B, 3, s*h, s*w]
     decode(x0)  = clamp(base(L) + residual_scale * x0, 0, 1)
     encode(R)   = (R - base(L)) / residual_scale             (exact inverse of decode for R in [0, 1])
 
 so decode and encode need the LR images: the loop passes them as `lr_images`. `residual_scale` is a
 stored constant (the training photos' residual standard deviation) that makes the diffused signal
-unit-ish variance, as the DDPM noise schedule assumes.
+unit-ish variance, as the DDPM noise schedule assumes. With an image-SR base the diffusion only corrects
+and varies a strong deterministic proposal; that base is computed once per distinct LR view (content
+hash) and kept in fp16 on the CPU for the model's lifetime, as training stored it (`BaseImages`).
 
 The denoiser (`ResidualDenoiser`): [x_t, 2 base(L) - 1] (6 channels) -> pixel-unshuffle(2) -> diffusers
 UNet2DModel (24 -> 12 channels) -> pixel-shuffle(2) -> the v-prediction (Salimans & Ho 2022,
@@ -21,8 +24,9 @@ Folder layout (written by `save_pixel_prior`, read by `PixelPriorSR.from_folder`
     model_index.json    {"_class_name": "ThreeDSRPixelPrior", "unet": [...], "scheduler": [...]}
     unet/               diffusers UNet2DModel.save_pretrained (config.json + safetensors)
     scheduler/          diffusers DDIMScheduler config (schedule, prediction type, spacing)
-    prior_config.json   residual_scale, scale, unshuffle, training info (data, steps, seed, time)
+    prior_config.json   residual_scale, scale, unshuffle, base, training info (data, steps, seed, time)
 """
+import hashlib
 import json
 import os
 from typing import Optional
@@ -39,7 +43,8 @@ from utils.system_utils import atomic_write, default_file_mode
 
 PIPELINE_CLASS = "ThreeDSRPixelPrior"
 PRIOR_CONFIG = "prior_config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the "base" key (absent = bicubic, what format 1 means)
+BICUBIC = "bicubic"
 # load_sr_model passes sr_refine's SR flags to every adapter; these mean nothing here (no prompt, no LR
 # noise augmentation, no VAE) and are accepted only at their neutral values (see from_folder).
 OPTIONS = ("timestep_spacing", "sr_batch")
@@ -53,6 +58,48 @@ def bicubic_base(lr_images: torch.Tensor, scale: int) -> torch.Tensor:
     """
     return F.interpolate(lr_images.float(), scale_factor=int(scale), mode="bicubic",
                          align_corners=False).clamp(0.0, 1.0)
+
+
+def base_names() -> tuple:
+    """What a prior's base image may be: "bicubic" or an image SR model's short name (sr.image_sr)."""
+    from sr.image_sr import ISR_MODELS
+    return (BICUBIC,) + tuple(ISR_MODELS)
+
+
+def store_base(base: torch.Tensor) -> torch.Tensor:
+    """How bases are kept, in training and sampling alike: fp16 on the CPU (half the memory; the residual
+    is measured against exactly these values on both sides)."""
+    return base.detach().to("cpu", torch.float16)
+
+
+class BaseImages:
+    """base(L) per view: the bicubic upsample (cheap, recomputed every call) or an image SR model's output,
+    computed once per distinct LR image and cached (the loop asks for the same views every step)."""
+
+    def __init__(self, scale: int, isr=None):
+        self.scale, self.isr = int(scale), isr
+        self.cache = {}
+
+    @property
+    def name(self) -> str:
+        return BICUBIC if self.isr is None else self.isr.name
+
+    @staticmethod
+    def key(lr: torch.Tensor) -> str:
+        arr = lr.detach().to("cpu", torch.float32).contiguous().numpy()
+        return hashlib.sha1(arr.tobytes() + repr(arr.shape).encode()).hexdigest()
+
+    def __call__(self, lr_images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, h, w] in [0, 1] -> float32 [B, 3, s*h, s*w] in [0, 1] on lr_images' device."""
+        if self.isr is None:
+            return bicubic_base(lr_images, self.scale)
+        out = []
+        for lr in lr_images:  # per view: the loop batches views differently from call to call
+            k = self.key(lr)
+            if k not in self.cache:
+                self.cache[k] = store_base(self.isr.upscale(lr[None].float()))
+            out.append(self.cache[k].to(lr_images.device, torch.float32))
+        return torch.cat(out)
 
 
 def tiny_unet_config(unshuffle: int = 2, block_out_channels=(64, 128, 128), layers_per_block: int = 2,
@@ -155,6 +202,10 @@ def _read_prior_config(folder: str) -> dict:
     if int(cfg.get("format_version", 1)) > FORMAT_VERSION:
         raise ModelNotFoundError(f"{path} has format version {cfg['format_version']}, newer than this code "
                                  f"reads ({FORMAT_VERSION}); update the repository")
+    cfg.setdefault("base", BICUBIC)
+    if cfg["base"] not in base_names():
+        raise ModelNotFoundError(f"{path}: unknown base '{cfg['base']}' (known: {', '.join(base_names())}); "
+                                 "update the repository or re-export the prior")
     return cfg
 
 
@@ -162,11 +213,12 @@ class PixelPriorSR(DiffusionSR):
     """The embedded x4 pixel-space residual prior behind the DiffusionSR interface.
 
     Options: timestep_spacing ("trailing" default), sr_batch (views per network call).
-    decode/encode need `lr_images` (the residual is relative to their bicubic upsample).
+    decode/encode need `lr_images` (the residual is relative to their base image).
+    isr: the image SR model giving the base when prior_config["base"] names one (from_folder loads it).
     """
 
     def __init__(self, unet, scheduler, prior_config: dict, *, name: str = "", device="cpu",
-                 dtype=torch.float32, sr_batch: int = 1, timestep_spacing: str = "trailing"):
+                 dtype=torch.float32, sr_batch: int = 1, timestep_spacing: str = "trailing", isr=None):
         if timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(f"unknown timestep spacing '{timestep_spacing}'; "
                              f"use one of {', '.join(TIMESTEP_SPACINGS)}")
@@ -184,6 +236,10 @@ class PixelPriorSR(DiffusionSR):
         self.net = self.net.to(self.device).eval().requires_grad_(False)
         self.sr_batch = max(1, int(sr_batch))
         self.timestep_spacing = timestep_spacing
+        base = prior_config.get("base", BICUBIC)
+        if (base == BICUBIC) != (isr is None):
+            raise ValueError(f"prior base '{base}' needs {'no' if base == BICUBIC else 'an'} image SR model")
+        self.bases = BaseImages(self.scale, isr)
         cfg = scheduler.config
         self.alphas_cumprod = scheduler.alphas_cumprod.detach().to("cpu", torch.float32)
         self.final_alpha_cumprod = 1.0 if cfg.get("set_alpha_to_one", True) else float(self.alphas_cumprod[0])
@@ -226,14 +282,21 @@ class PixelPriorSR(DiffusionSR):
             sched_cfg.setdefault("clip_sample", False)
             scheduler = load("scheduler", lambda: DDIMScheduler.from_config(sched_cfg))
         kept = {k: v for k, v in opts.items() if k in OPTIONS}
-        return cls(unet, scheduler, prior_config, name=name, device=device, dtype=dtype, **kept)
+        isr = None
+        if prior_config["base"] != BICUBIC:  # prior v2: the image SR model's weights come from their cache
+            from sr.image_sr import load_isr_model
+            isr = load_isr_model(prior_config["base"], device)
+            if int(isr.scale) != int(prior_config["scale"]):
+                raise ModelNotFoundError(f"SR model '{name}': its base '{prior_config['base']}' upscales "
+                                         f"x{isr.scale}, the prior x{prior_config['scale']}")
+        return cls(unet, scheduler, prior_config, name=name, device=device, dtype=dtype, isr=isr, **kept)
 
     # ---- the residual parameterisation --------------------------------------------------------
     def _base(self, lr_images: Optional[torch.Tensor], what: str) -> torch.Tensor:
         if lr_images is None:
-            raise ValueError(f"{PIPELINE_CLASS} {what} relative to the bicubic upsample of the LR images: "
+            raise ValueError(f"{PIPELINE_CLASS} {what} relative to the {self.bases.name} base of the LR images: "
                              f"pass lr_images=[B, 3, h, w]")
-        return bicubic_base(lr_images.to(self.device), self.scale)
+        return self.bases(lr_images.to(self.device))
 
     def _check_pair(self, hr: torch.Tensor, lr_images: torch.Tensor, what: str):
         if lr_images is not None and (hr.shape[0] != lr_images.shape[0]

@@ -159,9 +159,10 @@ class PixelOracleSR(DiffusionSR):
         return images.float() * 2.0 - 1.0
 
 
-def save_tiny_pixel_prior(folder: str, seed: int = 0, residual_scale: float = 0.05) -> str:
+def save_tiny_pixel_prior(folder: str, seed: int = 0, residual_scale: float = 0.05, base: str = "bicubic") -> str:
     """Write a tiny random ThreeDSRPixelPrior folder (sr.pixel_prior layout, a 2-level 8/16-channel UNet);
-    returns `folder`. The global RNG is left untouched."""
+    returns `folder`. base: "bicubic" or an image SR model's short name (prior v2; its weights are looked
+    up in the ISR cache when the folder is loaded). The global RNG is left untouched."""
     from diffusers import UNet2DModel
 
     from sr.pixel_prior import prior_scheduler_config, save_pixel_prior, tiny_unet_config
@@ -169,7 +170,7 @@ def save_tiny_pixel_prior(folder: str, seed: int = 0, residual_scale: float = 0.
         torch.manual_seed(seed)
         unet = UNet2DModel(**tiny_unet_config(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4))
     return save_pixel_prior(folder, unet, prior_scheduler_config(),
-                            {"scale": 4, "unshuffle": 2, "residual_scale": residual_scale,
+                            {"scale": 4, "unshuffle": 2, "residual_scale": residual_scale, "base": base,
                              "training": {"note": "tiny random test model"}})
 
 

@@ -201,7 +201,7 @@ def test_eval_reports_prior_and_bicubic(prior_folder, tmp_path):
     held = _photos(str(tmp_path / "held"), n=2, size=(40, 44), seed=1)
     photos = sorted(os.path.join(held, n) for n in os.listdir(held))
     report = evaluate_prior(prior_folder, photos, steps=(1, 2), seeds=(0, 1), crop=32,
-                            figure=str(tmp_path / "crops.png"))
+                            figure=str(tmp_path / "crops.png"), isr=None)
     assert [r["steps"] for r in report["prior_runs"]] == [1, 2]
     for row in [report["bicubic_pil"]] + report["prior_runs"]:
         assert row["psnr"] > 5

@@ -85,6 +85,8 @@ class TrainSettings:
     layers_per_block: int = 2
     norm_groups: int = 32
     residual_scale: float = 0.0       # 0 = measure on the training photos
+    base: str = "bicubic"             # the base image: bicubic, or an image SR model (prior v2: realesrgan-x4plus)
+    init: str = ""                    # start from this prior folder's UNet weights (same architecture)
 
     def check(self):
         if self.crop % 16 or self.crop < 16:
@@ -100,6 +102,14 @@ class TrainSettings:
             raise ThreeDSRError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
         if any(c % self.norm_groups for c in self.channels):
             raise ThreeDSRError(f"--channels {self.channels} must be multiples of --norm_groups {self.norm_groups}")
+        from sr.pixel_prior import BICUBIC, base_names
+        if self.base not in base_names():
+            raise ThreeDSRError(f"--base must be one of {', '.join(base_names())}, got '{self.base}'")
+        if self.base != BICUBIC and (self.blur or self.noise or self.jpeg):
+            raise ThreeDSRError(f"--base {self.base} is precomputed once per photo from its clean LR, which "
+                                "--blur/--noise/--jpeg would change; use --base bicubic with degradations")
+        if self.init and not os.path.isdir(self.init):
+            raise ModelNotFoundError(f"--init {self.init}: no such prior folder")
 
 
 # ---- photos ---------------------------------------------------------------------------------------
@@ -158,14 +168,19 @@ def to_tensor(batch: np.ndarray) -> torch.Tensor:
 
 class CropSampler:
     """Random training pairs from in-memory photos, driven only by its own numpy Generator, whose state
-    (plain data) goes into the checkpoint: the data order resumes exactly."""
+    (plain data) goes into the checkpoint: the data order resumes exactly.
 
-    def __init__(self, photos: List[np.ndarray], settings: TrainSettings, seed: int):
+    bases: per photo, its precomputed base image (float16 [H, W, 3], see photo_bases) when the prior's base
+    is an image SR model; crops then start on the LR grid, so the crop's LR is exactly that photo LR's crop
+    and the base crop is the base the model sees for it at sampling time."""
+
+    def __init__(self, photos: List[np.ndarray], settings: TrainSettings, seed: int,
+                 bases: Optional[List[np.ndarray]] = None):
         small = [p.shape[:2] for p in photos if min(p.shape[:2]) < settings.crop]
         if small:
             raise ThreeDSRError(f"{len(small)} photo(s) are smaller than --crop {settings.crop} (e.g. {small[0]}); "
                                 "use a smaller --crop or drop them")
-        self.photos, self.s = photos, settings
+        self.photos, self.s, self.bases = photos, settings, bases
         self.rng = np.random.default_rng(seed)
 
     def state(self) -> dict:
@@ -174,16 +189,23 @@ class CropSampler:
     def set_state(self, state: dict):
         self.rng.bit_generator.state = state
 
-    def hr_crop(self) -> np.ndarray:
+    def hr_crop(self):
+        """An HR crop (uint8 [c, c, 3]), or (crop, base crop) when the sampler has bases."""
         rng, c = self.rng, self.s.crop
-        img = self.photos[int(rng.integers(len(self.photos)))]
-        y = int(rng.integers(img.shape[0] - c + 1))
-        x = int(rng.integers(img.shape[1] - c + 1))
-        crop = img[y:y + c, x:x + c]
-        crop = np.rot90(crop, int(rng.integers(4)))
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        return np.ascontiguousarray(crop)
+        i = int(rng.integers(len(self.photos)))
+        img = self.photos[i]
+        if self.bases is None:
+            y = int(rng.integers(img.shape[0] - c + 1))
+            x = int(rng.integers(img.shape[1] - c + 1))
+        else:  # on the LR grid
+            y = SCALE * int(rng.integers((img.shape[0] - c) // SCALE + 1))
+            x = SCALE * int(rng.integers((img.shape[1] - c) // SCALE + 1))
+        turns, flip = int(rng.integers(4)), rng.random() < 0.5
+
+        def augment(a):
+            a = np.rot90(a[y:y + c, x:x + c], turns)
+            return np.ascontiguousarray(a[:, ::-1] if flip else a)
+        return augment(img) if self.bases is None else (augment(img), augment(self.bases[i]))
 
     def degrade_lr(self, hr: np.ndarray) -> np.ndarray:
         """LR of one HR crop, with the optional mild degradations (each drawn from the sampler's RNG)."""
@@ -208,22 +230,60 @@ class CropSampler:
         return np.ascontiguousarray(lr)
 
     def batch(self, n: int):
-        """(hr [n, 3, H, W], lr [n, 3, H/4, W/4]) float32 in [0, 1]."""
-        hrs = [self.hr_crop() for _ in range(n)]
+        """(hr [n, 3, H, W], lr [n, 3, H/4, W/4], base [n, 3, H, W]) float32 in [0, 1]; the base is the
+        bicubic upsample of lr unless the sampler has precomputed bases."""
+        from sr.pixel_prior import bicubic_base
+        crops = [self.hr_crop() for _ in range(n)]
+        hrs = crops if self.bases is None else [c[0] for c in crops]
         lrs = [self.degrade_lr(h) for h in hrs]
-        return to_tensor(np.stack(hrs)), to_tensor(np.stack(lrs))
+        hr, lr = to_tensor(np.stack(hrs)), to_tensor(np.stack(lrs))
+        if self.bases is None:
+            return hr, lr, bicubic_base(lr, SCALE)
+        base = torch.from_numpy(np.stack([c[1] for c in crops])).permute(0, 3, 1, 2).float()
+        return hr, lr, base
 
 
-def measure_residual_scale(photos: List[np.ndarray], settings: TrainSettings, samples: int = 256) -> float:
-    """Standard deviation of HR - bicubic(LR) over `samples` clean random crops (a fixed-seed sampler of
+def crop_to_grid(photo: np.ndarray) -> np.ndarray:
+    """The photo cut to multiples of SCALE (so its LR is exact block means and its base aligns)."""
+    h, w = photo.shape[:2]
+    return np.ascontiguousarray(photo[:h - h % SCALE, :w - w % SCALE])
+
+
+def photo_bases(photos: List[np.ndarray], base: str, device: torch.device, progress: bool = True) -> List[np.ndarray]:
+    """The base image (float16 [H, W, 3], stored like sr.pixel_prior.store_base) of every photo: the image
+    SR model on the photo's whole LR, as the prior sees a whole view. Cached on disk by content and weights
+    (cache_root()/prior_bases), since Real-ESRGAN takes seconds per photo on a CPU."""
+    from sr.image_sr import load_isr_model
+    from sr.pixel_prior import store_base
+    isr = load_isr_model(base, device, dtype=torch.float32)
+    folder = os.path.join(cache_root(), "prior_bases", base)
+    os.makedirs(folder, exist_ok=True)
+    out = []
+    for photo in tqdm(photos, desc=f"{base} bases", disable=not progress, dynamic_ncols=True):
+        key = hashlib.sha256(photo.tobytes() + repr(photo.shape).encode()
+                             + isr.options["weights_sha256"].encode()).hexdigest()[:24]
+        path = os.path.join(folder, f"{key}.npy")
+        if os.path.isfile(path):
+            out.append(np.load(path))
+            continue
+        lr = to_tensor(make_lr(photo)[None]).to(device)
+        arr = store_base(isr.upscale(lr))[0].permute(1, 2, 0).numpy()
+        with atomic_write(path, "wb") as f:
+            np.save(f, arr)
+        out.append(arr)
+    return out
+
+
+def measure_residual_scale(photos: List[np.ndarray], settings: TrainSettings, samples: int = 256,
+                           bases: Optional[List[np.ndarray]] = None) -> float:
+    """Standard deviation of HR - base(LR) over `samples` clean random crops (a fixed-seed sampler of
     its own, so the training data order is untouched); rounded to 4 decimals."""
-    from sr.pixel_prior import bicubic_base
     clean = dataclasses.replace(settings, blur=0.0, noise=0.0, jpeg=0.0)
-    sampler = CropSampler(photos, clean, seed=12345)
+    sampler = CropSampler(photos, clean, seed=12345, bases=bases)
     sq, n = 0.0, 0
     for start in range(0, samples, 16):
-        hr, lr = sampler.batch(min(16, samples - start))
-        r = hr - bicubic_base(lr, SCALE)
+        hr, _, base = sampler.batch(min(16, samples - start))
+        r = hr - base
         sq += float((r.double() ** 2).sum())
         n += r.numel()
     return round(max(math.sqrt(sq / n), 1e-3), 4)
@@ -251,7 +311,7 @@ class Trainer:
     """Model, EMA, optimizer, LR schedule, RNGs and data sampler of one training run (see module doc)."""
 
     def __init__(self, settings: TrainSettings, photos: List[np.ndarray], device: torch.device,
-                 data_info: Optional[dict] = None):
+                 data_info: Optional[dict] = None, bases: Optional[List[np.ndarray]] = None):
         from diffusers import DDPMScheduler
         from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
         from diffusers.training_utils import EMAModel
@@ -262,6 +322,8 @@ class Trainer:
         self.s, self.device, self.data_info = settings, device, dict(data_info or {})
         torch.manual_seed(settings.seed)
         self.net = ResidualDenoiser(build_unet(settings)).to(device)
+        if settings.init:
+            load_init_weights(self.net.unet, settings.init)
         self.ema = EMAModel(self.net.unet.parameters(), decay=settings.ema_decay)
         self.ema.to(device)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -272,15 +334,13 @@ class Trainer:
         self.noise_sched = DDPMScheduler(**{k: v for k, v in prior_scheduler_config().items()
                                             if k not in ("set_alpha_to_one", "steps_offset")})
         self.noise_sched.alphas_cumprod = self.noise_sched.alphas_cumprod.to(device)
-        self.residual_scale = settings.residual_scale or measure_residual_scale(photos, settings)
-        self.sampler = CropSampler(photos, settings, seed=settings.seed)
+        self.residual_scale = settings.residual_scale or measure_residual_scale(photos, settings, bases=bases)
+        self.sampler = CropSampler(photos, settings, seed=settings.seed, bases=bases)
         self.generator = torch.Generator().manual_seed(settings.seed + 1)  # noise and timesteps (CPU)
         self.step, self.seconds, self.loss_avg = 0, 0.0, None
 
     def train_step(self) -> float:
-        from sr.pixel_prior import bicubic_base
-        hr, lr = self.sampler.batch(self.s.batch)
-        base = bicubic_base(lr, SCALE)
+        hr, _, base = self.sampler.batch(self.s.batch)
         x0 = (hr - base) / self.residual_scale
         t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (hr.shape[0],), generator=self.generator)
         noise = torch.randn(x0.shape, generator=self.generator)
@@ -338,10 +398,24 @@ class Trainer:
         self.ema.copy_to(unet.parameters())
         n_params = sum(p.numel() for p in unet.parameters())
         info = {"scale": SCALE, "unshuffle": self.net.unshuffle, "residual_scale": self.residual_scale,
-                "training": {"steps": self.step, "seconds": round(self.seconds, 1), "parameters": n_params,
+                "base": self.s.base, "training": {"steps": self.step, "seconds": round(self.seconds, 1), "parameters": n_params,
                              "settings": dataclasses.asdict(self.s), "data": self.data_info,
                              "ema_weights": True, "loss_avg": self.loss_avg, **(extra or {})}}
         return save_pixel_prior(folder, unet.to("cpu"), prior_scheduler_config(), info, dtype=torch.float16)
+
+
+def load_init_weights(unet, folder: str):
+    """Copy a prior folder's UNet weights into `unet` (fine-tuning, e.g. prior v2 from v1)."""
+    from diffusers import UNet2DModel
+    try:
+        with torch.device("cpu"):
+            src = UNet2DModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32,
+                                              local_files_only=True)
+        unet.load_state_dict(src.state_dict())
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(f"--init {folder}: cannot load its UNet into this architecture ({first}); "
+                                 "pass the same --channels / --layers_per_block / --norm_groups") from None
 
 
 def read_checkpoint(path: str) -> dict:
@@ -359,8 +433,9 @@ def read_checkpoint(path: str) -> dict:
 
 def check_same_settings(saved: dict, settings: TrainSettings, path: str):
     ours = dataclasses.asdict(settings)
-    diff = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in ours.items()
-            if saved.get(k) != v and not (k == "steps" and settings.lr_schedule == "constant" and v >= saved[k])]
+    defaults = dataclasses.asdict(TrainSettings())  # keys a checkpoint predates mean their defaults
+    diff = [f"{k} {saved.get(k, defaults[k])!r} -> {v!r}" for k, v in ours.items()
+            if saved.get(k, defaults[k]) != v and not (k == "steps" and settings.lr_schedule == "constant" and v >= saved[k])]
     if diff:
         raise ThreeDSRError(f"{path} was written with other settings ({'; '.join(diff)}); rerun with the same "
                             "flags to resume, or pass --overwrite to start again")
@@ -411,9 +486,13 @@ def train(settings: TrainSettings, data: str, out: str, *, device: str = "auto",
             info["sources"] = json.load(f).get("sources", [])
     photos = [load_photo(p, settings.max_side) for p in paths]
     dev = pick_device(device)
+    bases = None
+    if settings.base != "bicubic":
+        photos = [crop_to_grid(p) for p in photos]
+        bases = photo_bases(photos, settings.base, dev, progress)
     if settings.bf16 and dev.type == "cpu" and not cpu_has_native_bf16():
         print("warning: --bf16 on a CPU without native bf16 (no avx512_bf16/amx_bf16) is much slower than fp32")
-    trainer = Trainer(settings, photos, dev, info)
+    trainer = Trainer(settings, photos, dev, info, bases)
     if payload is not None:
         trainer.load(payload)
         print(f"Resuming {ckpt_path} at step {trainer.step}/{settings.steps}")
@@ -463,7 +542,7 @@ def export_checkpoint(out: str, folder: str) -> str:
     ema.load_state_dict(payload["ema"])
     ema.copy_to(unet.parameters())
     info = {"scale": SCALE, "unshuffle": 2, "residual_scale": float(payload["residual_scale"]),
-            "training": {"steps": int(payload["step"]), "seconds": round(float(payload["seconds"]), 1),
+            "base": settings.base, "training": {"steps": int(payload["step"]), "seconds": round(float(payload["seconds"]), 1),
                          "parameters": sum(p.numel() for p in unet.parameters()), "settings": payload["settings"],
                          "data": payload["data"], "ema_weights": True, "loss_avg": payload["loss_avg"]}}
     return save_pixel_prior(folder, unet, prior_scheduler_config(), info, dtype=torch.float16)
@@ -483,8 +562,10 @@ def sample_prior(sr, lr: torch.Tensor, steps: int, eta: float, seed: int) -> tor
 
 
 def evaluate_prior(folder: str, photos: List[str], *, steps=EVAL_STEPS, etas=(0.0,), seeds=(0, 1),
-                   crop: int = 384, max_side: int = 1024, device: str = "cpu", figure: Optional[str] = None) -> dict:
-    """PSNR / LPIPS-alex / LPIPS-vgg of the prior vs PIL bicubic on held-out photos (downscaled to `max_side`
+                   crop: int = 384, max_side: int = 1024, device: str = "cpu", figure: Optional[str] = None,
+                   isr: Optional[str] = "realesrgan-x4plus") -> dict:
+    """PSNR / LPIPS-alex / LPIPS-vgg of the prior vs PIL bicubic and vs the image SR model `isr` alone (a row
+    that says why when its weights are missing; None: no such row) on held-out photos (downscaled to `max_side`
     like the training photos, then centre crops of side `crop`, a multiple of 4; LR made like our datasets').
     Also the PSNR between two seeds' samples. `figure`: a PNG of crops, one row per photo (see crop_figure),
     of the 4-step eta-0 samples of the first seed (else the first run's)."""
@@ -534,6 +615,16 @@ def evaluate_prior(folder: str, photos: List[str], *, steps=EVAL_STEPS, etas=(0.
     report = {"prior": folder, "photos": names, "crop": crop, "max_side": max_side,
               "lr": "4x4 block means, 8 bit (as images_4)",
               "bicubic_pil": {**mean_rows(bic_rows), "per_photo": bic_rows}, "prior_runs": []}
+    if isr:
+        from sr.image_sr import load_isr_model
+        try:
+            model = load_isr_model(isr, device, dtype=torch.float32)
+        except ModelNotFoundError as exc:
+            report["isr"] = {"name": isr, "unavailable": str(exc)}
+        else:
+            isr_outs = [model.upscale(lr) for lr in lr_list]
+            isr_rows = [metrics(o, h) for o, h in zip(isr_outs, hr_list)]
+            report["isr"] = {"name": isr, **mean_rows(isr_rows), "per_photo": isr_rows}
     for eta in etas:
         for n in steps:
             per_seed = []
@@ -549,7 +640,8 @@ def evaluate_prior(folder: str, photos: List[str], *, steps=EVAL_STEPS, etas=(0.
             report["prior_runs"].append(row)
     if figure:
         from utils.image_utils import save_image
-        save_image(figure, crop_figure(bic_list, figure_samples, hr_list))
+        columns = [bic_list] + ([isr_outs] if "per_photo" in report.get("isr", {}) else [])
+        save_image(figure, crop_figure(*columns, figure_samples, hr_list))
         report["figure"] = figure
     return report
 
@@ -586,6 +678,12 @@ def format_report(report: dict) -> str:
 
     lines = [f"{'method':<24} {'PSNR':>8} {'LPIPS-alex':>20} {'LPIPS-vgg':>20} {'PSNR seeds':>11}"]
     lines.append(f"{'PIL bicubic':<24} {cell(b['psnr']):>8} {cell(b['lpips_alex']):>20} {cell(b['lpips_vgg']):>20}")
+    isr = report.get("isr")
+    if isr and "unavailable" in isr:
+        lines.append(f"{isr['name']:<24} unavailable: {isr['unavailable']}")
+    elif isr:
+        alex, vgg = cell(isr["lpips_alex"]) + rel(isr, "lpips_alex"), cell(isr["lpips_vgg"]) + rel(isr, "lpips_vgg")
+        lines.append(f"{isr['name'] + ' alone':<24} {cell(isr['psnr']):>8} {alex:>20} {vgg:>20}")
     for r in report["prior_runs"]:
         name = f"prior {r['steps']} steps eta {r['eta']:g}"
         alex, vgg = cell(r["lpips_alex"]) + rel(r, "lpips_alex"), cell(r["lpips_vgg"]) + rel(r, "lpips_vgg")
@@ -616,7 +714,10 @@ def build_parser():
     p.add_argument("--eval_eta", type=float, nargs="+", default=[0.0])
     p.add_argument("--eval_seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--eval_out", help="write the evaluation as JSON here (default PRIOR/eval.json)")
-    p.add_argument("--eval_figure", help="also write a PNG of centre crops: bicubic | prior (4 steps, eta 0) | HR")
+    p.add_argument("--eval_figure", help="also write a PNG of centre crops: bicubic | image SR alone (if evaluated) | "
+                   "prior (4 steps, eta 0) | HR")
+    p.add_argument("--eval_isr", default="realesrgan-x4plus",
+                   help="image SR model evaluated alone beside bicubic ('' for none) (default: %(default)s)")
     p.add_argument("--quiet", action="store_true")
     defaults = TrainSettings()
     for f in dataclasses.fields(TrainSettings):
@@ -641,7 +742,8 @@ def main(argv=None):
         photos = (list_photos(args.eval_data, None) if args.eval_data else list_photos(args.data, "heldout"))
         report = evaluate_prior(folder, photos, steps=args.eval_steps, etas=args.eval_eta, seeds=args.eval_seeds,
                                 crop=args.eval_crop, max_side=args.max_side,
-                                device="cuda" if args.device == "cuda" else "cpu", figure=args.eval_figure)
+                                device="cuda" if args.device == "cuda" else "cpu", figure=args.eval_figure,
+                                isr=args.eval_isr or None)
         out = args.eval_out or os.path.join(folder, "eval.json")
         with atomic_write(out, "w") as f:
             json.dump(report, f, indent=2)

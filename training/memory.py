@@ -57,7 +57,25 @@ def weights_bytes(folder) -> int:
     total = 0
     for root, _, files in os.walk(folder):
         total += sum(os.path.getsize(os.path.join(root, f)) for f in files if f.endswith(WEIGHT_SUFFIXES))
-    return total
+    return total + base_model_bytes(folder)
+
+
+def base_model_bytes(folder) -> int:
+    """A pixel prior v2 also holds its base's image SR model (sr.pixel_prior): that weights file's size."""
+    import json
+    try:
+        with open(os.path.join(folder, "prior_config.json")) as f:
+            base = json.load(f).get("base", "bicubic")
+    except (OSError, ValueError):
+        return 0
+    if base == "bicubic":
+        return 0
+    from sr.image_sr import resolve_isr_weights
+    from utils.errors import ModelNotFoundError
+    try:
+        return os.path.getsize(resolve_isr_weights(base))
+    except (ModelNotFoundError, OSError):
+        return 0  # loading the prior reports the missing weights
 
 
 def device_capacity(device) -> int:
