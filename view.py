@@ -7,6 +7,8 @@
 Snap the camera to any train / test view (its ground truth and per-view metrics show when
 render.py / metrics.py wrote them) and render it at N x with our renderer; renders are written to
 OUT/view_renders/<iteration>_<view>_x<N>.png.
+"Compare side by side" renders the browser's current camera for two of them (left | right, named on
+the page) with our renderer and follows the camera (a background thread; the newest camera wins).
 """
 import sys
 

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import socket
+import time
 from argparse import Namespace
 
 import numpy as np
@@ -250,3 +251,100 @@ def test_server_starts_serves_and_stops(model):
         app.stop()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+# ---- side by side --------------------------------------------------------------------------------
+class FakeCamera:
+    """A viser camera handle as a moved browser reports it."""
+    def __init__(self, entry, width=400, height=200):
+        pose = S.snap_pose(entry)
+        self.position, self.wxyz, self.fov = pose["position"] + 0.3, pose["wxyz"], pose["fov"]
+        self.image_width, self.image_height, self.update_timestamp = width, height, 1.0
+
+
+@pytest.fixture
+def started(model):
+    pytest.importorskip("viser")
+    from viewer.app import ViewerApp
+    app = ViewerApp(model, host="127.0.0.1", port=free_port(), max_splats=25, verbose=False, backend="torch")
+    app.start()
+    yield app
+    app.stop()
+
+
+def test_side_by_side_renders_both_models_with_one_camera(started, monkeypatch):
+    from viewer import app as A
+    from viewer import compare as C
+    app = started
+    calls = []
+    real = S.render_view
+    monkeypatch.setattr(A.S, "render_view", lambda g, e, f, *a: calls.append((g, e, f)) or real(g, e, f, *a))
+    app.set_compare(left="1000", right="sr", enabled=True, side_width=64)
+    assert app.wait_compare(60)
+    (g1, e1, f1), (g2, e2, f2) = calls[-2:]  # GUI callbacks may have queued (superseded) requests too
+    assert e1 is e2 and f1 == f2 and g1 is app.gaussians("1000") and g2 is app.gaussians("sr")
+    last = app.last_compare
+    ks, white = app.render_settings
+    want_l = S.to_uint8(real(app.gaussians("1000"), e1, f1, ks, white, "torch"))
+    want_r = S.to_uint8(real(app.gaussians("sr"), e1, f1, ks, white, "torch"))
+    np.testing.assert_array_equal(last["left_image"], want_l)
+    np.testing.assert_array_equal(last["right_image"], want_r)
+    left, right = C.split_side_by_side(last["image"])
+    np.testing.assert_array_equal(left[30:], want_l[30:])  # below the burnt-in label
+    np.testing.assert_array_equal(right[30:], want_r[30:])
+    assert app.gui_compare_image.label == "left: LR 3DGS (iteration 1000) | right: SR run 'sr'"
+    assert app.compare_panel.visible and app.gui_left.value == "LR 3DGS (iteration 1000)"
+    # swap: the left/right choice follows
+    app.set_compare(left="sr", right="1000")
+    assert app.wait_compare(60)
+    np.testing.assert_array_equal(app.last_compare["left_image"], want_r)
+    # a moved browser camera: both sides use its pose, vertical fov and aspect
+    calls.clear()
+    cam = FakeCamera(S.read_cameras(app.model_path)[0])
+    app.request_compare(cam)
+    assert app.wait_compare(60)
+    (_, e1, _), (_, e2, _) = calls[-2:]
+    assert e1 is e2 and e1["img_name"] == "browser camera" and (e1["width"], e1["height"]) == (64, 32)
+    np.testing.assert_allclose(e1["position"], cam.position)
+    # snapped and still there: the dataset camera itself
+    view = app.views[next(k for k in app.views if "view_01" in k)]
+    app.snap(view)
+    pose = S.snap_pose(view)
+    cam.position = pose["position"]
+    cam.wxyz = pose["wxyz"]
+    assert app.compare_view(cam) == (view, 64 / view["width"])
+    app.set_compare(enabled=False)
+    assert not app.compare_panel.visible
+
+
+def test_side_by_side_errors(started, model):
+    app = started
+    with pytest.raises(ModelNotFoundError, match="iteration sr_x not found"):
+        app.set_compare(right="sr_x")
+    # a run that vanishes while the viewer runs: the page says so, the server keeps going
+    os.remove(os.path.join(model, "sr", "sr_bicubic", "point_cloud", "iteration_7", "point_cloud.ply"))
+    app.set_compare(right="sr_bicubic", enabled=True)
+    assert app.wait_compare(60)
+    assert "error" in app.last_compare and "compare failed" in app.gui_compare_status.content
+    app.set_compare(right="sr")
+    assert app.wait_compare(60) and "error" not in app.last_compare
+
+
+def test_latest_request_wins():
+    import threading
+    from viewer.compare import LatestWorker, compare_size, side_by_side
+    gate, seen = threading.Event(), []
+    worker = LatestWorker(lambda r: (gate.wait(10), seen.append(r)))
+    try:
+        worker.submit(0)
+        time.sleep(0.2)  # 0 is running
+        for i in range(1, 20):
+            worker.submit(i)
+        gate.set()
+        assert worker.wait_idle(10)
+        assert seen == [0, 19]
+    finally:
+        worker.stop()
+    assert compare_size(320, 2.0) == (320, 160) and compare_size(100, 0) == (100, 75)
+    img = side_by_side(np.zeros((10, 20, 3), np.uint8), np.zeros((12, 20, 3), np.uint8), gap=4)
+    assert img.shape == (12, 44, 3)

@@ -287,29 +287,43 @@ def render_output_path(model_path, iteration, img_name, factor):
     return os.path.join(model_path, "view_renders", f"{iteration}_{safe}_x{tag}.png")
 
 
+def render_settings(model_path):
+    """(kernel_size, white_background) of the model's cfg_args; (None, False) without one."""
+    from arguments import read_cfg_args
+    try:
+        cfg = read_cfg_args(model_path)
+    except ModelNotFoundError:
+        return None, False
+    return getattr(cfg, "kernel_size", None), bool(getattr(cfg, "white_background", False))
+
+
+@torch.no_grad()
+def render_view(gaussians, entry, factor=1.0, kernel_size=None, white=False, backend="auto"):
+    """Our renderer's image (HxWx3 float32 in [0, 1]) of a cameras.json entry at `factor` x its size."""
+    from argparse import Namespace
+    from gaussian_renderer import render
+    from utils.image_utils import to_numpy_hwc
+    cam = camera_from_entry(entry, factor, device=gaussians.get_xyz.device)
+    bg = torch.ones(3) if white else torch.zeros(3)
+    out = render(cam, gaussians, Namespace(backend=backend, debug=False), bg, kernel_size=kernel_size)
+    return to_numpy_hwc(out["render"].clamp(0, 1))
+
+
+def to_uint8(img):
+    return np.round(np.asarray(img) * 255).clip(0, 255).astype(np.uint8)
+
+
 @torch.no_grad()
 def render_entry(model_path, iteration, gaussians, entry, factor, kernel_size=None, backend="auto"):
     """Render a cameras.json view at `factor` x with our renderer; write it to
     OUT/view_renders/<iteration>_<view>_x<N>.png. Returns (image HxWx3 uint8, path)."""
-    from argparse import Namespace
-    from gaussian_renderer import render
-    from utils.image_utils import save_image, to_numpy_hwc
-    from arguments import read_cfg_args
+    from utils.image_utils import save_image
     if kernel_size is None:
-        try:
-            cfg = read_cfg_args(model_path)
-            kernel_size = getattr(cfg, "kernel_size", None)
-            white = bool(getattr(cfg, "white_background", False))
-        except ModelNotFoundError:
-            white = False
+        kernel_size, white = render_settings(model_path)
     else:
         white = False
-    cam = camera_from_entry(entry, factor, device=gaussians.get_xyz.device)
-    bg = torch.ones(3) if white else torch.zeros(3)
-    out = render(cam, gaussians, Namespace(backend=backend, debug=False), bg, kernel_size=kernel_size)
-    img = to_numpy_hwc(out["render"].clamp(0, 1))
+    img = render_view(gaussians, entry, factor, kernel_size, white, backend)
     path = render_output_path(model_path, iteration, entry["img_name"], factor)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_image(path, img)
-    return (np.round(img * 255).clip(0, 255).astype(np.uint8)), path
-
+    return to_uint8(img), path
