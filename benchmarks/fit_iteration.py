@@ -18,7 +18,9 @@ multi-view scene sees part of it), screen-space sigma log-normal around 1.2 px, 
 The baseline (default HEAD) is measured in the same run: its tree is exported with `git archive`
 into a temporary folder and its C++ extension is compiled from that tree's source with the flags of
 submodules/cpu_rasterizer/setup.py under another module name (cached in ~/.cache/3dsr_bench), then
-put in place of `threedsr_cpu_rasterizer` in its worker. This tree uses the installed extension
+put in place of `threedsr_cpu_rasterizer` in its worker. The rasterizer module takes rasterizer.cpp
+and the sources it links (preprocess.cpp, ...); a source with its own PYBIND11_MODULE (ssim.cpp) is a
+module of its own whose functions are attached to it, as the package's __init__ re-exports them. This tree uses the installed extension
 (rebuild it after editing the C++). Both trees run in persistent worker processes on the same
 scenes; timed blocks alternate between them, so machine load affects both alike. Reported per size:
 median seconds per iteration over the blocks, iterations/s, and the speedup baseline / this tree.
@@ -37,7 +39,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"a": (63, 47, 35_000), "b": (480, 360, 50_000)}
-EXT_SOURCE = "submodules/cpu_rasterizer/csrc/rasterizer.cpp"
+EXT_DIR = "submodules/cpu_rasterizer/csrc"
+EXT_MAIN = "rasterizer.cpp"
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "3dsr_bench")
 
 
@@ -122,18 +125,28 @@ class _Bench:
         return times
 
 
-def worker_main(root, ext_path):
+def _load_so(path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(os.path.basename(path).split(".")[0], path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def worker_main(root, ext_paths):
     # answers go to the real stdout; anything the code under test prints goes to stderr
     channel = os.fdopen(os.dup(1), "w")
     sys.stdout = sys.stderr
     sys.path.insert(0, root)
-    if ext_path:
-        import importlib.util
-
+    if ext_paths:
         import torch  # noqa: F401  (loads libtorch before the extension)
-        spec = importlib.util.spec_from_file_location(os.path.basename(ext_path).split(".")[0], ext_path)
-        ext = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(ext)
+        ext = _load_so(ext_paths[0])
+        for path in ext_paths[1:]:  # separate modules: their functions on the package, as its __init__ does
+            extra = _load_so(path)
+            for k, v in vars(extra).items():
+                if not k.startswith("_"):
+                    setattr(ext, k, v)
         sys.modules["threedsr_cpu_rasterizer"] = ext
     import torch
     import threedsr_cpu_rasterizer as C
@@ -183,32 +196,50 @@ def _cxx_flags():
     return flags
 
 
-def build_baseline_extension(tree, ref):
-    """Compile the baseline tree's rasterizer as its own module; returns the .so path (cached)."""
+def _build_module(prefix, sources, flags, ref):
     import torch
     from torch.utils.cpp_extension import load
 
-    src = os.path.join(tree, EXT_SOURCE)
-    with open(src, "rb") as fh:
-        digest = hashlib.sha256(fh.read() + " ".join(_cxx_flags()).encode() + torch.__version__.encode()).hexdigest()
-    name = f"threedsr_cpu_rasterizer_base_{digest[:12]}"
+    h = hashlib.sha256()
+    for src in sources:
+        with open(src, "rb") as fh:
+            h.update(fh.read())
+    h.update(" ".join(flags).encode() + torch.__version__.encode())
+    name = f"{prefix}_{h.hexdigest()[:12]}"
     build_dir = os.path.join(CACHE, name)
     so = [f for f in os.listdir(build_dir) if f.startswith(name) and f.endswith(".so")] \
         if os.path.isdir(build_dir) else []
     if so:
         return os.path.join(build_dir, so[0])
     os.makedirs(build_dir, exist_ok=True)
-    print(f"compiling the {ref} rasterizer (once; cached in {build_dir}) ...", flush=True)
-    mod = load(name=name, sources=[src], extra_cflags=_cxx_flags(), extra_ldflags=["-fopenmp"],
+    print(f"compiling the {ref} {prefix} (once; cached in {build_dir}) ...", flush=True)
+    mod = load(name=name, sources=sources, extra_cflags=flags, extra_ldflags=["-fopenmp"],
                build_directory=build_dir, verbose=False)
     return mod.__file__
 
 
+def build_baseline_extension(tree, ref):
+    """Compile the baseline tree's extension; returns the .so paths, the rasterizer module first (cached)."""
+    csrc = os.path.join(tree, EXT_DIR)
+    linked, separate = [os.path.join(csrc, EXT_MAIN)], []
+    for f in sorted(os.listdir(csrc)):
+        if f.endswith(".cpp") and f != EXT_MAIN:
+            with open(os.path.join(csrc, f), encoding="utf-8", errors="replace") as fh:
+                (separate if "PYBIND11_MODULE" in fh.read() else linked).append(os.path.join(csrc, f))
+    paths = [_build_module("threedsr_cpu_rasterizer_base", linked, _cxx_flags(), ref)]
+    # setup.py builds the separate modules (the fused SSIM) without -ffp-contract=off
+    flags = [f for f in _cxx_flags() if f != "-ffp-contract=off"]
+    for src in separate:
+        stem = os.path.splitext(os.path.basename(src))[0]
+        paths.append(_build_module(f"threedsr_{stem}_base", [src], flags, ref))
+    return paths
+
+
 class Worker:
-    def __init__(self, label, root, ext_path=None):
+    def __init__(self, label, root, ext_paths=()):
         cmd = [sys.executable, os.path.abspath(__file__), "--_worker", root]
-        if ext_path:
-            cmd += ["--_ext", ext_path]
+        for path in ext_paths:
+            cmd += ["--_ext", path]
         env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
         self.label = label
         self.proc = subprocess.Popen(cmd, cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -241,7 +272,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="2 rounds of short blocks")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of one block per size and tree")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
-    ap.add_argument("--_ext", help=argparse.SUPPRESS)
+    ap.add_argument("--_ext", action="append", default=[], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._worker:
         return worker_main(args._worker, args._ext)

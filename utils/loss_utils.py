@@ -16,6 +16,10 @@ Two SSIM variants:
 
 The 2D Gaussian window is separable, so both variants filter with two 1D passes (rows, then
 columns); with zero padding this is identical to the 2D 11x11 convolution of the Inria code.
+
+On CPU in float32, `ssim` and `photometric_loss` run the fused C++ op of the cpu rasterizer extension
+(csrc/ssim.cpp: SSIM and L1 in one pass, analytic backward) when it is built and the second image needs
+no gradient; `_ssim_map` and `l1_loss` remain the reference and run everywhere else.
 """
 import torch
 import torch.nn.functional as F
@@ -93,13 +97,78 @@ def _ssim_map(x, y, window_size, sigma, C1, C2, valid):
     return num / den
 
 
+# ---- fused CPU SSIM (submodules/cpu_rasterizer/csrc/ssim.cpp); _ssim_map above stays the reference ----
+
+_FUSED = []  # [module or None], resolved on first use so that importing this file loads no extension
+
+
+def _fused_ssim_ext():
+    if not _FUSED:
+        try:
+            import threedsr_cpu_rasterizer as ext
+        except ImportError:
+            ext = None
+        _FUSED.append(ext if hasattr(ext, "ssim_forward") and hasattr(ext, "ssim_backward") else None)
+    return _FUSED[0]
+
+
+def _use_fused_ssim(x, y, window_size):
+    """The C++ op covers float32 CPU images whose second input needs no gradient (the ground truth), with an
+    odd window (its backward relies on the window's symmetry); everything else takes the PyTorch path."""
+    return (x.device.type == "cpu" and y.device.type == "cpu" and x.dtype == torch.float32
+            and y.dtype == torch.float32 and not (y.requires_grad and torch.is_grad_enabled())
+            and window_size % 2 == 1 and x.numel() > 0 and _fused_ssim_ext() is not None)
+
+
+class _FusedSSIM(torch.autograd.Function):
+    """(mean SSIM map with 'same' zero padding, mean |x - y|) of x against y; gradients for x only."""
+
+    @staticmethod
+    def forward(ctx, x, y, kernel, C1, C2):
+        ext = _fused_ssim_ext()
+        x, y = x.contiguous(), y.contiguous()
+        mean_ssim, coef, mean_l1 = ext.ssim_forward(x, y, kernel, C1, C2, False, torch.get_num_threads())
+        ctx.save_for_backward(x, y, kernel, coef)
+        ctx.set_materialize_grads(False)  # an unused output (ssim() drops the L1) arrives as None
+        return mean_ssim, mean_l1
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_ssim, g_l1):
+        x, y, kernel, coef = ctx.saved_tensors
+        if not ctx.needs_input_grad[0] or (g_ssim is None and g_l1 is None):
+            return None, None, None, None, None
+        # d mean / d element: the upstream gradients over the element counts
+        scale = 0.0 if g_ssim is None else float(g_ssim) / coef[0].numel()
+        l1_scale = 0.0 if g_l1 is None else float(g_l1) / x.numel()
+        gx = _fused_ssim_ext().ssim_backward(x, y, kernel, coef, False, scale, l1_scale, torch.get_num_threads())
+        return gx, None, None, None, None
+
+
+def _fused_ssim_l1(a, b, window_size, sigma, C1, C2):
+    """(ssim(a, b), l1_loss(a, b)) from the C++ op, or None where it does not apply."""
+    x, y, _ = _as_batch(a, b)
+    if not _use_fused_ssim(x, y, window_size):
+        return None
+    key = ("fused 1d", int(window_size), float(sigma))
+    kernel = _KERNEL_CACHE.get(key)
+    if kernel is None:
+        kernel = _KERNEL_CACHE[key] = gaussian_kernel_1d(window_size, sigma, torch.float32, "cpu")
+    return _FusedSSIM.apply(x, y.detach(), kernel, float(C1), float(C2))
+
+
 def ssim(a, b, window_size=11, sigma=1.5, C1=0.01 ** 2, C2=0.03 ** 2):
     """SSIM as used in the 3DGS training loss; returns a scalar tensor.
 
     Gaussian window `window_size` x `window_size` (std `sigma`) applied per channel with zero
     padding to 'same' size; the mean is taken over all images, channels and pixels.
     Works on any image size (even smaller than the window).
+    On CPU in float32 the fused C++ op computes it when the extension has it (same values to float
+    rounding; no gradient for `b`, the ground truth); otherwise the PyTorch reference below.
     """
+    fused = _fused_ssim_l1(a, b, window_size, sigma, C1, C2)
+    if fused is not None:
+        return fused[0]
     x, y, _ = _as_batch(a, b)
     return _ssim_map(x, y, window_size, sigma, C1, C2, valid=False).mean()
 
@@ -132,5 +201,9 @@ def ssim_skimage_compatible(a, b, data_range=1.0, sigma=1.5, K1=0.01, K2=0.03):
 
 def photometric_loss(render, target, lambda_dssim=0.2):
     """The 3DGS loss: (1 - lambda) * L1 + lambda * (1 - SSIM)."""
+    fused = _fused_ssim_l1(render, target, 11, 1.5, 0.01 ** 2, 0.03 ** 2)  # both terms in one C++ pass
+    if fused is not None:
+        s, l1 = fused
+        return (1.0 - lambda_dssim) * l1 + lambda_dssim * (1.0 - s)
     return (1.0 - lambda_dssim) * l1_loss(render, target) + lambda_dssim * (1.0 - ssim(render, target))
 

@@ -77,7 +77,15 @@ setup(
             sources=[os.path.join("csrc", "rasterizer.cpp"), os.path.join("csrc", "preprocess.cpp")],
             extra_compile_args={"cxx": CXX_FLAGS},
             extra_link_args=["-fopenmp"],
-        )
+        ),
+        # Fused SSIM (utils/loss_utils.py). Its own module so that it may contract to FMAs: it is checked
+        # against the reference with a tolerance, not for identical rounding.
+        CppExtension(
+            name="threedsr_cpu_rasterizer._ssim",
+            sources=[os.path.join("csrc", "ssim.cpp")],
+            extra_compile_args={"cxx": [f for f in CXX_FLAGS if f != "-ffp-contract=off"]},
+            extra_link_args=["-fopenmp"],
+        ),
     ],
     cmdclass={"build_ext": BuildExtension},
     zip_safe=False,
