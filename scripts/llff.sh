@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # LLFF with the paper's protocol: LR = images_8, x4 SR, GT = images_2, every 8th view held out,
 # LR 3DGS 30K iterations, 4 SR steps x 5K iterations; methods LR-3DGS@HR, bicubic, per-view SR, 3DSR.
-# Usage: bash scripts/llff.sh DATA_ROOT OUT_ROOT [scene ...] [-- run_scene.py flags]
+# Usage: bash scripts/llff.sh DATA_ROOT OUT_ROOT [scene ...] [launcher flags] [-- run_scene.py flags]
 #   DATA_ROOT holds fern/ flower/ ... (scripts/download_llff.sh); results in OUT_ROOT/results.md
+#   launcher flags (tools/launch.py --help): --launcher local|gpus|slurm (default local: one scene after
+#   another here), e.g. --launcher gpus [--gpus 0,1], --launcher slurm --partition gpu --time 24:00:00 [--dry_run]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { echo "usage: bash scripts/llff.sh DATA_ROOT OUT_ROOT [scene ...] [-- run_scene.py flags]"; exit 2; }
+USAGE="usage: bash scripts/llff.sh DATA_ROOT OUT_ROOT [scene ...] [launcher flags] [-- run_scene.py flags]"
+[ $# -ge 2 ] || { echo "$USAGE"; exit 2; }
 DATA=$1; OUT=$2; shift 2
-SCENES=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do SCENES+=("$1"); shift; done; [ "${1:-}" = "--" ] && shift
+SCENES=(); LAUNCH=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do  # scene names, then (from the first -flag) launcher flags
+  if [ ${#LAUNCH[@]} -eq 0 ] && [ "${1#-}" = "$1" ]; then SCENES+=("$1"); else LAUNCH+=("$1"); fi; shift
+done
+[ "${1:-}" = "--" ] && shift
 [ ${#SCENES[@]} -gt 0 ] || SCENES=(fern flower fortress horns leaves orchids room trex)
 . scripts/lib/pyenv.sh; threedsr_activate || true  # an active conda environment (not base) is kept, else .venv
-. scripts/lib/batch.sh
-run_batch "$DATA" "$OUT" "${SCENES[*]}" --lr_res 8 --scale 4 "$@"
+python tools/launch.py --scenes "$DATA" "$OUT" "${SCENES[@]}" "${LAUNCH[@]}" -- --lr_res 8 --scale 4 "$@"

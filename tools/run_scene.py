@@ -15,6 +15,8 @@ Stages (each a subprocess of the usual commands, so a failure names the command 
 Wall time per stage goes to MODEL/timings.json; methods that cannot run (no SR model weights) are
 recorded with the reason in MODEL/unavailable.json, so the summary says so instead of guessing.
 A killed SR stage resumes from its last denoising step (sr_refine.py --resume). Ctrl-C stops cleanly.
+--launcher gpus|slurm runs this scene as a job of tools/launch.py (on a free GPU, or as a SLURM job that is
+requeued on time limit / preemption); many scenes: tools/launch.py or the dataset scripts.
 """
 import json
 import os
@@ -27,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from scene.scene import sr_run_ply  # noqa: E402
+from tools.launch import add_launcher_args, launch_run_scene  # noqa: E402
 from utils.errors import ModelNotFoundError, ThreeDSRError  # noqa: E402
 from utils.system_utils import atomic_write, run_cli  # noqa: E402
 
@@ -52,6 +55,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--extra_train", default="", help="extra flags for train.py, one string")
     p.add_argument("--extra_sr", default="", help="extra flags for every sr_refine.py call, one string")
+    add_launcher_args(p, for_run_scene=True)
     return p
 
 
@@ -115,6 +119,8 @@ def main(argv=None):
     if args.lr_res % args.scale:
         raise ThreeDSRError(f"--scale {args.scale} does not divide --lr_res {args.lr_res}; the HR ground truth "
                             f"would be no images_N folder")
+    if args.launcher != "local":  # this scene as a job of tools/launch.py (gpus / slurm)
+        return launch_run_scene(args, sys.argv[1:] if argv is None else argv)
     hr_res = args.lr_res // args.scale
     model, it = args.model_path, str(args.train_iters)
     os.makedirs(model, exist_ok=True)

@@ -11,6 +11,10 @@ why it could not run}), both written by tools/run_scene.py. A stage named "<meth
 stage (e.g. "train") is the scene's and shows on every row of the scene. A method listed in
 unavailable.json and absent from results.json gets a row whose metrics are all unavailable, with the reason.
 
+A scene run by tools/launch.py has OUT_ROOT/<scene>/launch.json; scenes whose run did not finish
+(failed after its retries, still queued or running, interrupted) are listed under "Scenes not finished"
+with the reason (the first error line of the failing stage) and in the JSON's "not_finished".
+
 Writes, atomically, one row per (scene, method) and a "mean" row per method: the mean of each metric
 over the scenes where it is available (the markdown marks "(k/n)" when only k of the method's n scenes
 have it; "unavailable" when none has), and the mean wall time of each stage. Method folders get display
@@ -143,6 +147,34 @@ def load_runs(out_root):
         raise ThreeDSRError(f"no <scene>/results.json under {out_root}; run metrics.py -m {out_root}/<scene> "
                             f"for each scene first")
     return runs
+
+
+def load_unfinished(out_root):
+    """[{scene, state, reason, log}] of OUT_ROOT/<scene>/launch.json (tools/launch.py) not in state "done"."""
+    out = []
+    if not os.path.isdir(out_root):
+        return out
+    for scene in sorted(os.listdir(out_root)):
+        path = os.path.join(out_root, scene, "launch.json")
+        if scene.startswith(".") or not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                status = json.load(f)
+        except (OSError, ValueError):  # being rewritten or damaged: say so rather than fail the table
+            status = {"state": "unknown", "reason": f"unreadable {path}"}
+        if not isinstance(status, dict) or status.get("state") == "done":
+            continue
+        state = str(status.get("state", "unknown"))
+        reason = status.get("reason") or ("not finished yet" if state in ("queued", "running", "requeued",
+                                                                           "retrying") else "no reason recorded")
+        out.append({"scene": scene, "state": state, "reason": str(reason),
+                    "log": os.path.join(out_root, scene, "run.log")})
+    return out
+
+
+def unfinished_lines(unfinished):
+    return [f"- {u['scene']} ({u['state']}): {u['reason']}" for u in unfinished]
 
 
 def order_methods(folders):
@@ -304,6 +336,9 @@ def to_markdown(summary, out_root, paper=None):
         lines += ["", "Unavailable:"]
         for why, (metrics, where) in reasons.items():
             lines.append(f"- {', '.join(metrics)} ({', '.join(where)}): {why}")
+    if summary.get("not_finished"):
+        lines += ["", "## Scenes not finished", "", "Not in the table above, or with older results (see each "
+                  "scene's run.log):", ""] + unfinished_lines(summary["not_finished"])
     if summary["stages"]:
         lines += ["", "## Wall time per stage (s)", ""]
         head_t = ["scene", "method"] + summary["stages"]
@@ -349,8 +384,16 @@ def main(argv=None):
     p.add_argument("--dataset", choices=sorted(PAPER), default=None,
                    help="which paper table --paper uses (default: from the folder or scene names)")
     args = p.parse_args(argv)
-    runs = load_runs(args.out_root)
+    unfinished = load_unfinished(args.out_root)
+    try:
+        runs = load_runs(args.out_root)
+    except ThreeDSRError as exc:
+        if unfinished:  # no table, but say which scenes failed and why
+            print("Scenes not finished:\n" + "\n".join(unfinished_lines(unfinished)), file=sys.stderr)
+        raise exc from None
     summary = summarize(runs, args.methods)
+    if unfinished:
+        summary["not_finished"] = unfinished
     paper = None
     if args.paper:
         dataset = args.dataset or detect_dataset(args.out_root, summary["scenes"])
