@@ -35,30 +35,50 @@ def _filter_args(compensate):
     return {}
 
 
+def _api():
+    return getattr(_C, "API_VERSION", 1)
+
+
 class _RasterizeCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means, quats, scales, opacities, colors, means2d_offset, background, viewmat, K,
                 width, height, kernel_size, compensate):
         nthreads = torch.get_num_threads()
+        # API 3: the packed per-Gaussian records come back too, so backward need not rebuild them
+        extra = {"return_feat": True} if _api() >= 3 else {}
+        out = _C.forward(means, quats, scales, opacities, colors, viewmat, K, width, height, background,
+                         kernel_size, means2d_offset, CHUNK_ELEMENTS, nthreads, **_filter_args(compensate), **extra)
         (image, depth, alpha, radii, means2d, conics, opac_c, depths, final_T, last, gids, tile_offsets,
-         gauss_offsets, gauss_pairs) = _C.forward(means, quats, scales, opacities, colors, viewmat, K, width,
-                                                  height, background, kernel_size, means2d_offset,
-                                                  CHUNK_ELEMENTS, nthreads, **_filter_args(compensate))
+         gauss_offsets, gauss_pairs) = out[:14]
+        feat = out[14] if len(out) > 14 else None
         ctx.save_for_backward(means, quats, scales, opacities, colors, viewmat, K, background, means2d, conics,
-                              opac_c, depths, radii, final_T, last, gids, tile_offsets, gauss_offsets, gauss_pairs)
+                              opac_c, depths, radii, final_T, last, gids, tile_offsets, gauss_offsets, gauss_pairs,
+                              feat)
         ctx.width, ctx.height, ctx.kernel_size, ctx.compensate = width, height, kernel_size, compensate
         ctx.mark_non_differentiable(radii)
+        # outputs the loss does not use arrive in backward as None (not as materialised zeros)
+        ctx.set_materialize_grads(False)
         return image, depth, alpha, radii, means2d
 
     @staticmethod
     def backward(ctx, g_image, g_depth, g_alpha, _g_radii, g_means2d):
         (means, quats, scales, opacities, colors, viewmat, K, background, means2d, conics, opac_c, depths, radii,
-         final_T, last, gids, tile_offsets, gauss_offsets, gauss_pairs) = ctx.saved_tensors
+         final_T, last, gids, tile_offsets, gauss_offsets, gauss_pairs, feat) = ctx.saved_tensors
+        api3 = _api() >= 3
+        h, w = ctx.height, ctx.width
+
+        def grad(g, shape):  # None means zeros: API 3 takes an empty tensor for that
+            if g is not None:
+                return g.contiguous()
+            return means.new_empty(0) if api3 else means.new_zeros(shape)
+
+        g_image = means.new_zeros(3, h, w) if g_image is None else g_image.contiguous()
+        extra = {"feat": feat} if api3 and feat is not None else {}
         v_means, v_quats, v_scales, v_opac, v_colors, v_means2d, v_bg = _C.backward(
-            means, quats, scales, opacities, colors, viewmat, K, ctx.width, ctx.height, background, ctx.kernel_size,
+            means, quats, scales, opacities, colors, viewmat, K, w, h, background, ctx.kernel_size,
             means2d, conics, opac_c, depths, radii, final_T, last, gids, tile_offsets, gauss_offsets, gauss_pairs,
-            g_image.contiguous(), g_depth.contiguous(), g_alpha.contiguous(), g_means2d.contiguous(),
-            CHUNK_ELEMENTS, torch.get_num_threads(), **_filter_args(ctx.compensate))
+            g_image, grad(g_depth, (1, h, w)), grad(g_alpha, (1, h, w)), grad(g_means2d, (means.shape[0], 2)),
+            CHUNK_ELEMENTS, torch.get_num_threads(), **_filter_args(ctx.compensate), **extra)
         need = ctx.needs_input_grad
         return (v_means if need[0] else None, v_quats if need[1] else None, v_scales if need[2] else None,
                 v_opac if need[3] else None, v_colors if need[4] else None, v_means2d if need[5] else None,
@@ -86,13 +106,19 @@ def rasterize(means, quats, scales, opacities, colors, viewmat, K, width, height
     if means.device.type != "cpu":
         raise ValueError(f"the cpu backend renders CPU tensors; got means on {means.device}")
 
-    def prep(t):
+    def prep(t):  # no copy when t already has the dtype and layout
         return t.to(dtype).contiguous()
+
+    def prep_offset(t):  # API 3 reads a row-strided offset (render passes viewspace[:, :2]) in place
+        t = t.to(dtype)
+        if _api() >= 3 and t.dim() == 2 and (t.shape[0] <= 1 or (t.stride(1) == 1 and t.stride(0) >= 2)):
+            return t
+        return t.contiguous()
 
     if means2d_offset is None:
         means2d_offset = torch.zeros(means.shape[0], 2, dtype=dtype, device=means.device)
     image, depth, alpha, radii, means2d = _RasterizeCPU.apply(
-        prep(means), prep(quats), prep(scales), prep(opacities.reshape(-1)), prep(colors), prep(means2d_offset),
+        prep(means), prep(quats), prep(scales), prep(opacities.reshape(-1)), prep(colors), prep_offset(means2d_offset),
         prep(background.reshape(-1)), viewmat.detach().to(dtype).contiguous(), K.detach().to(dtype).contiguous(),
         int(width), int(height), float(kernel_size), bool(compensate))
     return {"image": image, "depth": depth, "alpha": alpha, "radii": radii, "means2d": means2d}

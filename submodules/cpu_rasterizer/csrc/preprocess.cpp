@@ -108,7 +108,7 @@ torch::Tensor sh_forward_impl(const torch::Tensor& xyz, const torch::Tensor& f_d
   const double c[3] = {double(campos.data_ptr<S>()[0]), double(campos.data_ptr<S>()[1]),
                        double(campos.data_ptr<S>()[2])};
   S* out = colors.data_ptr<S>();
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 2048) if (n >= 8192)
   for (int64_t i = 0; i < n; ++i) {
     const double p[3] = {double(P[i * 3]), double(P[i * 3 + 1]), double(P[i * 3 + 2])};
     double d[3], b[16];
@@ -142,8 +142,15 @@ std::vector<torch::Tensor> sh_backward_impl(const torch::Tensor& xyz, const torc
   S* GP = g_xyz.data_ptr<S>();
   S* GDC = g_dc.data_ptr<S>();
   S* GR = g_rest.data_ptr<S>();
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 2048) if (n >= 8192)
   for (int64_t i = 0; i < n; ++i) {
+    if (G[i * 3] == S(0) && G[i * 3 + 1] == S(0) && G[i * 3 + 2] == S(0)) {
+      // no gradient reaches this colour (a Gaussian off screen): every product below is zero
+      std::fill(GP + i * 3, GP + i * 3 + 3, S(0));
+      std::fill(GDC + i * 3, GDC + i * 3 + 3, S(0));
+      std::fill(GR + i * k_rest * 3, GR + (i + 1) * k_rest * 3, S(0));
+      continue;
+    }
     const double p[3] = {double(P[i * 3]), double(P[i * 3 + 1]), double(P[i * 3 + 2])};
     double d[3], b[16], db[16][3];
     const double len = view_dir(p, c, d);
@@ -191,7 +198,7 @@ std::vector<torch::Tensor> act_forward_impl(const torch::Tensor& log_scales, con
   S* SO = scales.data_ptr<S>();
   S* OO = opac.data_ptr<S>();
   S* QO = q_out.data_ptr<S>();
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 2048) if (n >= 8192)
   for (int64_t i = 0; i < n; ++i) {
     const double f2 = double(F[i]) * double(F[i]);
     double ratio = 1.0;
@@ -229,8 +236,16 @@ std::vector<torch::Tensor> act_backward_impl(const torch::Tensor& log_scales, co
   S* OLS = g_ls.data_ptr<S>();
   S* OQ = g_q.data_ptr<S>();
   S* OO = g_o.data_ptr<S>();
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 2048) if (n >= 8192)
   for (int64_t i = 0; i < n; ++i) {
+    if (GS[i * 3] == S(0) && GS[i * 3 + 1] == S(0) && GS[i * 3 + 2] == S(0) && GO[i] == S(0) &&
+        GQ[i * 4] == S(0) && GQ[i * 4 + 1] == S(0) && GQ[i * 4 + 2] == S(0) && GQ[i * 4 + 3] == S(0)) {
+      // no gradient reaches this Gaussian's activations (off screen): all products are zero
+      std::fill(OLS + i * 3, OLS + i * 3 + 3, S(0));
+      std::fill(OQ + i * 4, OQ + i * 4 + 4, S(0));
+      OO[i] = S(0);
+      continue;
+    }
     const double f2 = double(F[i]) * double(F[i]);
     double s2[3], t[3], ratio = 1.0;
     for (int j = 0; j < 3; ++j) {

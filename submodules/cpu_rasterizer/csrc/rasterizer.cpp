@@ -27,8 +27,11 @@
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -48,6 +51,40 @@ constexpr int PAIR_G = 10;  // per-pair gradient record: mx my A B C o c0 c1 c2 
 // Per-Gaussian loops shorter than this run on one thread: starting a team costs more than it saves
 // (and on a busy machine, waiting for a descheduled worker costs milliseconds).
 constexpr int64_t PARALLEL_MIN = 8192;
+
+// Stage timings on stderr when THREEDSR_CPU_TIMING is set (profiling only; read once).
+struct StageClock {
+  const bool on;
+  const char* what;
+  std::chrono::steady_clock::time_point t;
+  explicit StageClock(const char* w)
+      : on(std::getenv("THREEDSR_CPU_TIMING") != nullptr), what(w), t(std::chrono::steady_clock::now()) {}
+  void lap(const char* stage) {
+    if (!on) return;
+    const auto now = std::chrono::steady_clock::now();
+    std::fprintf(stderr, "[%s] %-12s %8.3f ms\n", what, stage,
+                 std::chrono::duration<double, std::milli>(now - t).count());
+    t = now;
+  }
+};
+
+// Scratch memory reused across calls (per calling thread): the per-call working arrays of binning
+// and backward would otherwise be fresh allocations, page-faulted in on every iteration. Each slot
+// is used by one array at a time; capacity only grows.
+enum ScratchSlot { SCR_RECTS, SCR_VISIBLE, SCR_ORDER, SCR_ORDER_TMP, SCR_KEY, SCR_KEY_TMP, SCR_COUNTS, SCR_N };
+template <typename T>
+std::vector<T>& scratch(int slot, size_t n) {
+  thread_local std::vector<T> bufs[SCR_N];
+  std::vector<T>& b = bufs[slot];
+  if (b.size() < n) b.resize(n);
+  return b;
+}
+template <typename S>
+std::vector<S>& pair_scratch(size_t n) {
+  thread_local std::vector<S> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf;
+}
 
 // ---------------------------------------------------------------------------------------------
 // SIMD. The per-pixel loops are written with GCC/Clang vector extensions: 32-byte vectors (8 floats
@@ -312,17 +349,27 @@ inline void tile_rect(S mx, S my, int32_t radius, int tiles_x, int tiles_y, int3
 }
 
 // Indices of the Gaussians with at least one tile, ordered by (depth, index).
+// `visible` (n indices, ascending) is reordered in place; returns where the sorted order lies
+// (visible itself or a scratch array).
 template <typename S>
-std::vector<int32_t> depth_order(const S* depth, const std::vector<int32_t>& visible) {
-  const size_t n = visible.size();
-  std::vector<int32_t> order(visible);
+const int32_t* depth_order(const S* depth, int32_t* visible, size_t n) {
+  int32_t* order = visible;
   if constexpr (std::is_same<S, float>::value) {
     // LSD radix sort on the float bits (visible depths are > NEAR_PLANE > 0, so the bit patterns
     // order like the values); stable, and the input is in index order, so ties keep index order.
-    std::vector<int32_t> tmp(n);
-    std::vector<uint32_t> key(n), key_tmp(n);
-    for (size_t i = 0; i < n; ++i) std::memcpy(&key[i], &depth[order[i]], sizeof(uint32_t));
+    // A pass whose digit is the same for every key is skipped (it would not move anything).
+    int32_t* tmp = scratch<int32_t>(SCR_ORDER_TMP, n).data();
+    uint32_t* key = scratch<uint32_t>(SCR_KEY, n).data();
+    uint32_t* key_tmp = scratch<uint32_t>(SCR_KEY_TMP, n).data();
+    uint32_t kand = ~0u, kor = 0u;
+    for (size_t i = 0; i < n; ++i) {
+      std::memcpy(&key[i], &depth[order[i]], sizeof(uint32_t));
+      kand &= key[i];
+      kor |= key[i];
+    }
+    const uint32_t varying = kand ^ kor;
     for (int shift = 0; shift < 32; shift += 11) {
+      if (((varying >> shift) & 2047u) == 0) continue;
       size_t count[2049] = {0};
       for (size_t i = 0; i < n; ++i) ++count[((key[i] >> shift) & 2047u) + 1];
       for (int b = 0; b < 2048; ++b) count[b + 1] += count[b];
@@ -331,12 +378,11 @@ std::vector<int32_t> depth_order(const S* depth, const std::vector<int32_t>& vis
         tmp[dst] = order[i];
         key_tmp[dst] = key[i];
       }
-      order.swap(tmp);
-      key.swap(key_tmp);
+      std::swap(order, tmp);
+      std::swap(key, key_tmp);
     }
   } else {
-    std::stable_sort(order.begin(), order.end(),
-                     [depth](int32_t a, int32_t b) { return depth[a] < depth[b]; });
+    std::stable_sort(order, order + n, [depth](int32_t a, int32_t b) { return depth[a] < depth[b]; });
   }
   return order;
 }
@@ -351,36 +397,39 @@ struct Binning {
 };
 
 template <typename S>
-Binning bin_gaussians(const std::vector<int32_t>& rects, const S* depth, int64_t N, int tiles_x, int tiles_y,
+Binning bin_gaussians(const int32_t* rects, const S* depth, int64_t N, int tiles_x, int tiles_y,
                       int nthreads) {
   const int n_tiles = tiles_x * tiles_y;
   auto gauss_offsets = torch::empty({N + 1}, torch::kInt32);
   int32_t* goff = gauss_offsets.data_ptr<int32_t>();
   int64_t total = 0;
-  std::vector<int32_t> visible;
+  int32_t* visible = scratch<int32_t>(SCR_VISIBLE, static_cast<size_t>(N) + 1).data();
+  size_t n_visible = 0;
   for (int64_t i = 0; i < N; ++i) {
     const int32_t* r = &rects[static_cast<size_t>(i) * 4];
     const int64_t cnt = static_cast<int64_t>(r[1] - r[0]) * (r[3] - r[2]);
     goff[i] = static_cast<int32_t>(std::min<int64_t>(total, std::numeric_limits<int32_t>::max()));
     total += cnt;
-    if (cnt > 0) visible.push_back(static_cast<int32_t>(i));
+    visible[n_visible] = static_cast<int32_t>(i);
+    n_visible += cnt > 0 ? 1 : 0;
   }
   TORCH_CHECK(total < std::numeric_limits<int32_t>::max(),
               "threedsr_cpu_rasterizer: too many tile/Gaussian pairs (", total, ")");
   goff[N] = static_cast<int32_t>(total);
-  const std::vector<int32_t> order = depth_order<S>(depth, visible);
+  const int32_t* order = depth_order<S>(depth, visible, n_visible);
 
   // Counting sort of the depth-ordered pairs into tiles; each thread owns a contiguous piece of
   // the depth order and its own slots inside every tile, so lists stay depth sorted.
-  const int nt = order.size() >= static_cast<size_t>(8 * PARALLEL_MIN) ? std::max(1, nthreads) : 1;
-  std::vector<int64_t> counts(static_cast<size_t>(nt) * n_tiles, 0);
-  const int64_t nvis = static_cast<int64_t>(order.size());
+  const int nt = n_visible >= static_cast<size_t>(8 * PARALLEL_MIN) ? std::max(1, nthreads) : 1;
+  std::vector<int64_t>& counts = scratch<int64_t>(SCR_COUNTS, static_cast<size_t>(nt) * n_tiles);
+  std::fill(counts.begin(), counts.begin() + static_cast<size_t>(nt) * n_tiles, 0);
+  const int64_t nvis = static_cast<int64_t>(n_visible);
   auto piece = [&](int t, int64_t& b, int64_t& e) {
     b = nvis * t / nt;
     e = nvis * (t + 1) / nt;
   };
   // (pieces are dealt round-robin, so a team smaller than asked for still covers all of them)
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if (nt > 1)
   for (int t = omp_get_thread_num(); t < nt; t += omp_get_num_threads()) {
     int64_t b, e;
     piece(t, b, e);
@@ -407,7 +456,7 @@ Binning bin_gaussians(const std::vector<int32_t>& rects, const S* depth, int64_t
   auto gauss_pairs = torch::empty({total}, torch::kInt32);
   int32_t* gid = gids.data_ptr<int32_t>();
   int32_t* gp = gauss_pairs.data_ptr<int32_t>();
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if (nt > 1)
   for (int t = omp_get_thread_num(); t < nt; t += omp_get_num_threads()) {
     int64_t b, e;
     piece(t, b, e);
@@ -603,6 +652,7 @@ void composite_tile_forward(int tile, int tiles_x, int width, int height, const 
       const S qy = static_cast<S>(r), qy2 = qy * qy;
       for (int h = 0; h < RV; ++h) {
         const int v = r * RV + h;
+        if (!any_lane(~done[v])) continue;  // every pixel of this row has stopped: nothing would change
         const V power = quad.eval(fused, qx[h], qy, qx2[h], qy2, qx[h] * qy);
         const V G = vexp(power);
         const V raw = o * G;
@@ -716,12 +766,14 @@ void composite_tile_backward(int tile, int tiles_x, int width, int height, const
       const V dy = splat<V>(f[1] - (static_cast<S>(y_base + r) + S(0.5)));
       for (int h = 0; h < RV; ++h) {
         const int v = r * RV + h;
+        const I behind = kk < last[v];
+        if (!any_lane(behind)) continue;  // this pair is behind every pixel's last contributor in the row
         const V dx = mx - px[h];
         const V power = quad.eval(fused, qx[h], qy, qx2[h], qy2, qx[h] * qy);
         const V G = vexp(power);
         const V raw = o * G;
         const V alpha = select(raw > amax, amax, raw);
-        const I valid = (kk < last[v]) & (power <= zero) & (alpha >= amin);
+        const I valid = behind & (power <= zero) & (alpha >= amin);
         const V one_m = one - alpha;
         const V Tb = T[v] / one_m;  // transmittance in front of this Gaussian
         const V w = alpha * Tb;
@@ -773,9 +825,13 @@ void check_inputs(const torch::Tensor& means, const torch::Tensor& quats, const 
   TORCH_CHECK(colors.dim() == 2 && colors.size(0) == N && colors.size(1) == 3, "colors must be [N, 3]");
   TORCH_CHECK(offset.dim() == 2 && offset.size(0) == N && offset.size(1) == 2, "means2d_offset must be [N, 2]");
   TORCH_CHECK(background.numel() == 3, "background must have 3 values");
-  for (const auto* t : {&quats, &scales, &opacities, &colors, &offset, &background})
+  for (const auto* t : {&quats, &scales, &opacities, &colors, &background})
     TORCH_CHECK(t->scalar_type() == means.scalar_type() && t->is_contiguous() && t->device().is_cpu(),
                 "all inputs must be contiguous CPU tensors of one dtype");
+  // means2d_offset may be a row-strided view (e.g. the first two columns of an [N, 3] tensor)
+  TORCH_CHECK(offset.scalar_type() == means.scalar_type() && offset.device().is_cpu() &&
+                  (N <= 1 || (offset.stride(1) == 1 && offset.stride(0) >= 2)),
+              "means2d_offset must be a CPU tensor of the means' dtype with unit column stride");
   TORCH_CHECK(means.is_contiguous(), "means must be contiguous");
 }
 
@@ -785,7 +841,9 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& means, const torch:
                                         const torch::Tensor& colors, const torch::Tensor& viewmat,
                                         const torch::Tensor& K, int width, int height,
                                         const torch::Tensor& background, double kernel_size, bool compensate,
-                                        const torch::Tensor& offset, int64_t ref_chunk_elements, int nthreads) {
+                                        const torch::Tensor& offset, int64_t ref_chunk_elements, int nthreads,
+                                        bool return_feat) {
+  StageClock clk("forward");
   const int64_t N = means.size(0);
   const Camera<S> cam = make_camera<S>(viewmat, K, width, height);
   const S ks = static_cast<S>(kernel_size);
@@ -802,6 +860,7 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& means, const torch:
   const S* op = opacities.data_ptr<S>();
   const S* col = colors.data_ptr<S>();
   const S* off = offset.data_ptr<S>();
+  const int64_t off_stride = N > 0 ? offset.stride(0) : 2;  // rows may be strided (a view of [N, 3])
   S* m2 = means2d.data_ptr<S>();
   S* con = conics.data_ptr<S>();
   S* oc = opac_c.data_ptr<S>();
@@ -810,11 +869,11 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& means, const torch:
   S* ft = feat.data_ptr<S>();
   const int tiles_x = (width + TILE - 1) / TILE, tiles_y = (height + TILE - 1) / TILE;
   const int n_tiles = tiles_x * tiles_y;
-  std::vector<int32_t> rects(static_cast<size_t>(N) * 4);
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1024) if (N >= PARALLEL_MIN)
+  int32_t* rects = scratch<int32_t>(SCR_RECTS, static_cast<size_t>(N) * 4).data();
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 2048) if (N >= PARALLEL_MIN)
   for (int64_t i = 0; i < N; ++i) {
     const Projected<S> pr = project_one<S>(cam, m + 3 * i, q + 4 * i, s + 3 * i, op[i], ks, compensate);
-    const S mx = pr.mx + off[2 * i], my = pr.my + off[2 * i + 1];
+    const S mx = pr.mx + off[off_stride * i], my = pr.my + off[off_stride * i + 1];
     m2[2 * i] = mx;
     m2[2 * i + 1] = my;
     con[3 * i] = pr.A;
@@ -823,10 +882,14 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& means, const torch:
     oc[i] = pr.opacity;
     dep[i] = pr.depth;
     rad[i] = pr.radius;
-    pack_feature(i, m2, con, oc, col, dep, rad, ft);
-    tile_rect<S>(mx, my, pr.radius, tiles_x, tiles_y, &rects[static_cast<size_t>(i) * 4]);
+    int32_t* rect = &rects[static_cast<size_t>(i) * 4];
+    tile_rect<S>(mx, my, pr.radius, tiles_x, tiles_y, rect);
+    // only Gaussians with a tile are ever read from the packed records
+    if (rect[1] > rect[0] && rect[3] > rect[2]) pack_feature(i, m2, con, oc, col, dep, rad, ft);
   }
+  clk.lap("project");
   Binning bins = bin_gaussians<S>(rects, dep, N, tiles_x, tiles_y, nthreads);
+  clk.lap("bin");
 
   auto image = torch::empty({3, height, width}, opts);
   auto depth_img = torch::empty({1, height, width}, opts);
@@ -848,8 +911,11 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& means, const torch:
     composite_tile_forward<S>(tile, tiles_x, width, height, ft, gid, toff[tile], toff[tile + 1] - toff[tile],
                               fused[tile] != 0, bg, img, dimg, aimg, fT, lst);
   }
-  return {image, depth_img, alpha_img, radii, means2d, conics, opac_c, depths, final_T, last,
-          bins.gids, bins.tile_offsets, bins.gauss_offsets, bins.gauss_pairs};
+  clk.lap("composite");
+  std::vector<torch::Tensor> out = {image, depth_img, alpha_img, radii, means2d, conics, opac_c, depths, final_T,
+                                    last, bins.gids, bins.tile_offsets, bins.gauss_offsets, bins.gauss_pairs};
+  if (return_feat) out.push_back(feat);
+  return out;
 }
 
 // Gradient of the loss through the projection of one Gaussian, in double precision.
@@ -1008,19 +1074,29 @@ std::vector<torch::Tensor> backward_impl(
     const torch::Tensor& last, const torch::Tensor& gids, const torch::Tensor& tile_offsets,
     const torch::Tensor& gauss_offsets, const torch::Tensor& gauss_pairs, const torch::Tensor& g_image,
     const torch::Tensor& g_depth, const torch::Tensor& g_alpha, const torch::Tensor& g_means2d,
-    int64_t ref_chunk_elements, int nthreads, bool compensate) {
+    int64_t ref_chunk_elements, int nthreads, bool compensate, const torch::Tensor* saved_feat) {
+  StageClock clk("backward");
   const int64_t N = means.size(0);
   const int tiles_x = (width + TILE - 1) / TILE, tiles_y = (height + TILE - 1) / TILE;
   const int n_tiles = tiles_x * tiles_y;
   auto opts = means.options();
-  // Rebuild the packed per-Gaussian records the forward composited with.
-  auto feat = torch::empty({N, FEAT}, opts);
-  pack_features<S>(N, means2d.data_ptr<S>(), conics.data_ptr<S>(), opac_c.data_ptr<S>(), colors.data_ptr<S>(),
-                   depths.data_ptr<S>(), radii.data_ptr<int32_t>(), feat.data_ptr<S>(), nthreads);
+  // The packed per-Gaussian records the forward composited with: passed on from it, or rebuilt.
+  torch::Tensor feat;
+  if (saved_feat != nullptr) {
+    feat = *saved_feat;
+  } else {
+    feat = torch::empty({N, FEAT}, opts);
+    pack_features<S>(N, means2d.data_ptr<S>(), conics.data_ptr<S>(), opac_c.data_ptr<S>(), colors.data_ptr<S>(),
+                     depths.data_ptr<S>(), radii.data_ptr<int32_t>(), feat.data_ptr<S>(), nthreads);
+  }
   const int64_t P = gids.numel();
-  auto pair_grad = torch::empty({P, PAIR_G}, opts);
+  S* pair_grad_mem = pair_scratch<S>(static_cast<size_t>(P) * PAIR_G + 1).data();
   auto bgc = background.contiguous();
-  auto gi = g_image.contiguous(), gd = g_depth.contiguous(), ga = g_alpha.contiguous();
+  // An empty gradient tensor stands for zeros (the loss did not use that output).
+  const torch::Tensor gi = g_image.contiguous();
+  const torch::Tensor gd = g_depth.numel() == 0 ? torch::zeros({1, height, width}, opts) : g_depth.contiguous();
+  const torch::Tensor ga = g_alpha.numel() == 0 ? torch::zeros({1, height, width}, opts) : g_alpha.contiguous();
+  clk.lap("setup");
   {
     const S* ft = feat.data_ptr<S>();
     const int32_t* gid = gids.data_ptr<int32_t>();
@@ -1032,7 +1108,7 @@ std::vector<torch::Tensor> backward_impl(
     const S* gip = gi.data_ptr<S>();
     const S* gdp = gd.data_ptr<S>();
     const S* gap = ga.data_ptr<S>();
-    S* pg = pair_grad.data_ptr<S>();
+    S* pg = pair_grad_mem;
     const std::vector<uint8_t> fused = reference_fused_tiles(toff, n_tiles, ref_chunk_elements, fused_path<S>());
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
     for (int tile = 0; tile < n_tiles; ++tile) {
@@ -1040,6 +1116,7 @@ std::vector<torch::Tensor> backward_impl(
                                  fused[tile] != 0, bg, fT, lst, gip, gdp, gap, pg);
     }
   }
+  clk.lap("composite");
   auto v_means = torch::empty({N, 3}, opts);
   auto v_quats = torch::empty({N, 4}, opts);
   auto v_scales = torch::empty({N, 3}, opts);
@@ -1048,9 +1125,10 @@ std::vector<torch::Tensor> backward_impl(
   auto v_means2d = torch::empty({N, 2}, opts);
   const Camera<double> cam = make_camera<double>(viewmat, K, width, height);
   {
-    auto gm2 = g_means2d.contiguous();
-    const S* gm2p = gm2.data_ptr<S>();
-    const S* pg = pair_grad.data_ptr<S>();
+    const bool gm2_zero = g_means2d.numel() == 0;
+    const torch::Tensor gm2 = gm2_zero ? g_means2d : g_means2d.contiguous();
+    const S* gm2p = gm2_zero ? nullptr : gm2.data_ptr<S>();
+    const S* pg = pair_grad_mem;
     const int32_t* goff = gauss_offsets.data_ptr<int32_t>();
     const int32_t* rad = radii.data_ptr<int32_t>();
     const S* dep = depths.data_ptr<S>();
@@ -1064,14 +1142,29 @@ std::vector<torch::Tensor> backward_impl(
     S* vo = v_opac.data_ptr<S>();
     S* vc = v_colors.data_ptr<S>();
     S* vm2 = v_means2d.data_ptr<S>();
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1024) if (N >= PARALLEL_MIN)
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 2048) if (N >= PARALLEL_MIN)
     for (int64_t i = 0; i < N; ++i) {
       double acc[PAIR_G] = {0};
+      bool any = false;
       for (int32_t j = goff[i]; j < goff[i + 1]; ++j) {
         const S* r = pg + static_cast<int64_t>(j) * PAIR_G;
-        for (int e = 0; e < PAIR_G; ++e) acc[e] += static_cast<double>(r[e]);
+        for (int e = 0; e < PAIR_G; ++e) {
+          acc[e] += static_cast<double>(r[e]);
+          any |= r[e] != S(0);
+        }
       }
-      const double v_m2d[2] = {acc[0] + gm2p[2 * i], acc[1] + gm2p[2 * i + 1]};
+      const double g0 = gm2p ? static_cast<double>(gm2p[2 * i]) : 0.0;
+      const double g1 = gm2p ? static_cast<double>(gm2p[2 * i + 1]) : 0.0;
+      if (!any && g0 == 0.0 && g1 == 0.0) {
+        // nothing reaches this Gaussian (culled, or behind every pixel's last contributor): the
+        // chain rule gives exact zeros, so skip the projection's backward
+        vm2[2 * i] = vm2[2 * i + 1] = S(0);
+        for (int e = 0; e < 3; ++e) vm[3 * i + e] = vs[3 * i + e] = vc[3 * i + e] = S(0);
+        for (int e = 0; e < 4; ++e) vq[4 * i + e] = S(0);
+        vo[i] = S(0);
+        continue;
+      }
+      const double v_m2d[2] = {acc[0] + g0, acc[1] + g1};
       vm2[2 * i] = static_cast<S>(v_m2d[0]);
       vm2[2 * i + 1] = static_cast<S>(v_m2d[1]);
       vc[3 * i] = static_cast<S>(acc[6]);
@@ -1090,6 +1183,7 @@ std::vector<torch::Tensor> backward_impl(
       vo[i] = static_cast<S>(o_vo);
     }
   }
+  clk.lap("per-gaussian");
   // dL/d(background) = sum over pixels of dL/dC * T_final
   auto v_bg = (gi * final_T.unsqueeze(0)).sum({1, 2});
   return {v_means, v_quats, v_scales, v_opac, v_colors, v_means2d, v_bg};
@@ -1101,7 +1195,7 @@ std::vector<torch::Tensor> forward(const torch::Tensor& means, const torch::Tens
                                    const torch::Tensor& K, int64_t width, int64_t height,
                                    const torch::Tensor& background, double kernel_size,
                                    const torch::Tensor& means2d_offset, int64_t ref_chunk_elements,
-                                   int64_t nthreads, bool compensate) {
+                                   int64_t nthreads, bool compensate, bool return_feat) {
   check_inputs(means, quats, scales, opacities, colors, means2d_offset, background);
   TORCH_CHECK(width > 0 && height > 0, "width and height must be positive");
   const int nt = static_cast<int>(std::max<int64_t>(1, nthreads));
@@ -1109,7 +1203,7 @@ std::vector<torch::Tensor> forward(const torch::Tensor& means, const torch::Tens
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "threedsr_cpu_rasterizer.forward", [&] {
     out = forward_impl<scalar_t>(means, quats, scales, opacities, colors, viewmat, K, static_cast<int>(width),
                                  static_cast<int>(height), background, kernel_size, compensate, means2d_offset,
-                                 ref_chunk_elements, nt);
+                                 ref_chunk_elements, nt, return_feat);
   });
   return out;
 }
@@ -1123,17 +1217,29 @@ std::vector<torch::Tensor> backward(
     const torch::Tensor& last, const torch::Tensor& gids, const torch::Tensor& tile_offsets,
     const torch::Tensor& gauss_offsets, const torch::Tensor& gauss_pairs, const torch::Tensor& g_image,
     const torch::Tensor& g_depth, const torch::Tensor& g_alpha, const torch::Tensor& g_means2d,
-    int64_t ref_chunk_elements, int64_t nthreads, bool compensate) {
+    int64_t ref_chunk_elements, int64_t nthreads, bool compensate, const c10::optional<torch::Tensor>& feat) {
   const int nt = static_cast<int>(std::max<int64_t>(1, nthreads));
   const auto st = means.scalar_type();
   for (const auto* t : {&g_image, &g_depth, &g_alpha, &g_means2d})
     TORCH_CHECK(t->scalar_type() == st, "gradients must have the inputs' dtype");
+  TORCH_CHECK(g_image.numel() == 3 * width * height, "g_image must be [3, H, W]");
+  TORCH_CHECK(g_depth.numel() == 0 || g_depth.numel() == width * height, "g_depth must be [1, H, W] or empty");
+  TORCH_CHECK(g_alpha.numel() == 0 || g_alpha.numel() == width * height, "g_alpha must be [1, H, W] or empty");
+  TORCH_CHECK(g_means2d.numel() == 0 || g_means2d.numel() == means.size(0) * 2, "g_means2d must be [N, 2] or empty");
+  const torch::Tensor* saved_feat = nullptr;
+  if (feat.has_value() && feat->defined()) {
+    TORCH_CHECK(feat->scalar_type() == st && feat->is_contiguous() && feat->dim() == 2 &&
+                    feat->size(0) == means.size(0) && feat->size(1) == FEAT,
+                "feat must be the forward's packed records");
+    saved_feat = &feat.value();
+  }
   std::vector<torch::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(st, "threedsr_cpu_rasterizer.backward", [&] {
     out = backward_impl<scalar_t>(means, quats, scales, opacities, colors, viewmat, K, static_cast<int>(width),
                                   static_cast<int>(height), background, kernel_size, means2d, conics, opac_c,
                                   depths, radii, final_T, last, gids, tile_offsets, gauss_offsets, gauss_pairs,
-                                  g_image, g_depth, g_alpha, g_means2d, ref_chunk_elements, nt, compensate);
+                                  g_image, g_depth, g_alpha, g_means2d, ref_chunk_elements, nt, compensate,
+                                  saved_feat);
   });
   return out;
 }
@@ -1168,7 +1274,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("means"), py::arg("quats"), py::arg("scales"), py::arg("opacities"), py::arg("colors"),
         py::arg("viewmat"), py::arg("K"), py::arg("width"), py::arg("height"), py::arg("background"),
         py::arg("kernel_size"), py::arg("means2d_offset"), py::arg("ref_chunk_elements"), py::arg("nthreads"),
-        py::arg("compensate") = true);
+        py::arg("compensate") = true, py::arg("return_feat") = false);
   m.def("backward", &tdsr::backward, "Gradients for means, quats, scales, opacities, colors, means2d, background.",
         py::arg("means"), py::arg("quats"), py::arg("scales"), py::arg("opacities"), py::arg("colors"),
         py::arg("viewmat"), py::arg("K"), py::arg("width"), py::arg("height"), py::arg("background"),
@@ -1176,9 +1282,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("radii"), py::arg("final_T"), py::arg("last"), py::arg("gids"), py::arg("tile_offsets"),
         py::arg("gauss_offsets"), py::arg("gauss_pairs"), py::arg("g_image"), py::arg("g_depth"),
         py::arg("g_alpha"), py::arg("g_means2d"), py::arg("ref_chunk_elements"), py::arg("nthreads"),
-        py::arg("compensate") = true);
+        py::arg("compensate") = true, py::arg("feat") = py::none());
   // Bumped when the Python-visible signature changes; gaussian_renderer/cpu_backend.py checks it.
-  m.attr("API_VERSION") = 2;
+  // 3: forward(return_feat=True) appends the packed per-Gaussian records, backward(feat=...) reuses
+  // them; empty g_depth / g_alpha / g_means2d stand for zeros; means2d_offset may be row-strided.
+  m.attr("API_VERSION") = 3;
   tdsr::register_preprocess(m);  // SH colours and activations (gaussian_renderer/cpu_backend.py)
   m.def("build_info", &tdsr::build_info, "Compiler features the extension was built with.");
   m.attr("TILE") = tdsr::TILE;
