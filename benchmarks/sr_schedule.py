@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""How SR-stage quality grows with its fit iterations, and the cheapest schedule that keeps it (issue 19).
+
+    python benchmarks/sr_schedule.py                      # quick embedded scene, K = 100 300 1000 3000
+    python benchmarks/sr_schedule.py --ks 100 300 --modes 3dsr
+
+On the embedded synthetic scene (tools/make_scene.py; LR 3DGS trained once, as scripts/synthetic.sh --quick
+does), every --mode runs `--steps` denoising steps with K fit iterations each plus K final ones, for each K
+of --ks, with the same seed and SR model. Each run is a normal `sr_refine.py` run folder (OUT/lr/sr/<mode>_k<K>)
+rendered at HR and scored by metrics.py, so finished runs are reused when the benchmark is run again.
+Reported per run: HR test PSNR, LPIPS-alex, MV-warp and the SR stage's wall time (log.json).
+
+The choice: per mode, the cheapest K whose PSNR is within --tol_psnr dB and LPIPS-alex within --tol_lpips of
+the largest K's, with its cost as a fraction of the largest K's and of the paper's 4 x 5000 + 5000 schedule.
+Writes the table, benchmarks/results/sr_schedule_<device>.json and a plot (quality against total HR fit
+iterations). Wall times are of this machine, loaded as it was (the JSON records the load average).
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_ITERATIONS = 4 * 5000 + 5000
+METHOD_FOLDER = "{mode}_k{k}"
+
+
+def run(cmd, quiet=False):
+    """A project script with this interpreter, from the repository root; a failure stops the benchmark."""
+    full = [sys.executable] + cmd
+    print("$", " ".join(cmd), flush=True)
+    proc = subprocess.run(full, cwd=ROOT, stdout=subprocess.DEVNULL if quiet else None)
+    if proc.returncode:
+        raise SystemExit(f"sr_schedule: `{' '.join(cmd)}` failed with exit code {proc.returncode}")
+
+
+def sr_log(model, name):
+    path = os.path.join(model, "sr", name, "log.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        log = json.load(f)
+    return log if log.get("complete") else None
+
+
+def choose(rows, tol_psnr, tol_lpips):
+    """The cheapest row within tolerance of the row with the most iterations (rows of one mode)."""
+    ref = max(rows, key=lambda r: r["total_iterations"])
+    ok = [r for r in rows if r["psnr"] >= ref["psnr"] - tol_psnr and r["lpips_alex"] <= ref["lpips_alex"] + tol_lpips]
+    best = min(ok, key=lambda r: r["total_iterations"])
+    return {"k": best["k"], "total_iterations": best["total_iterations"], "reference_k": ref["k"],
+            "psnr_delta": round(best["psnr"] - ref["psnr"], 4),
+            "lpips_alex_delta": round(best["lpips_alex"] - ref["lpips_alex"], 4),
+            "cost_vs_reference": round(best["total_iterations"] / ref["total_iterations"], 4),
+            "seconds_vs_reference": round(best["seconds"] / ref["seconds"], 4) if ref["seconds"] else None,
+            "cost_vs_paper": round(best["total_iterations"] / PAPER_ITERATIONS, 4)}
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for mode in sorted({r["mode"] for r in rows}):
+        rs = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["total_iterations"])
+        x = [r["total_iterations"] for r in rs]
+        for ax, key, label in zip(axes, ("psnr", "lpips_alex", "mv_warp"), ("PSNR (dB)", "LPIPS-alex", "MV-warp")):
+            ax.plot(x, [r[key] for r in rs], "o-", label=mode)
+            ax.set_xscale("log")
+            ax.set_xlabel("HR fit iterations (steps x K + K)")
+            ax.set_ylabel(label)
+    axes[0].legend()
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default=os.path.join(ROOT, "output", "bench_sr_schedule"), help="work folder")
+    p.add_argument("--scene", default=os.path.join(ROOT, "data", "synthetic_quick"),
+                   help="embedded scene folder (made by tools/make_scene.py when missing)")
+    p.add_argument("--size", type=int, nargs=2, default=(480, 360), help="scene image size when it is made")
+    p.add_argument("--views", type=int, default=16, help="scene views when it is made")
+    p.add_argument("--lr_res", type=int, default=8)
+    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--train_iters", type=int, default=1500, help="LR 3DGS iterations (as synthetic.sh --quick)")
+    p.add_argument("--ks", type=int, nargs="+", default=[100, 300, 1000, 3000], help="fit iterations per step")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--modes", nargs="+", default=["3dsr", "per-view"], choices=["3dsr", "per-view"])
+    p.add_argument("--sr_model", default="embedded-x4")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tol_psnr", type=float, default=0.1)
+    p.add_argument("--tol_lpips", type=float, default=0.005)
+    p.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results", "sr_schedule_cpu_2core.json"))
+    p.add_argument("--plot", default=os.path.join(ROOT, "benchmarks", "results", "sr_schedule_cpu_2core.png"))
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    load_start = os.getloadavg()
+
+    if not os.path.isdir(os.path.join(args.scene, "sparse")):
+        run(["tools/make_scene.py", "--out", args.scene, "--width", str(args.size[0]), "--height", str(args.size[1]),
+             "--views", str(args.views), "--quiet"])
+    model, it = os.path.join(args.out, "lr"), str(args.train_iters)
+    if not os.path.isfile(os.path.join(model, "point_cloud", f"iteration_{it}", "point_cloud.ply")):
+        run(["train.py", "-s", args.scene, "-m", model, "-r", str(args.lr_res), "--eval", "--iterations", it,
+             "--save_iterations", it, "--test_iterations", it, "--position_lr_max_steps", it,
+             "--densify_until_iter", str(args.train_iters // 2), "--opacity_reset_interval", "100000",
+             "--sh_increase_interval", str(max(1, args.train_iters // 4)), "--seed", str(args.seed),
+             "--device", args.device, "--quiet"])
+    hr_res = str(args.lr_res // args.scale)
+    names = []
+    for k in args.ks:
+        for mode in args.modes:
+            name = METHOD_FOLDER.format(mode=mode, k=k)
+            names.append((mode, k, name))
+            if sr_log(model, name) is None:
+                resume = ["--resume"] if os.path.isdir(os.path.join(model, "sr", name)) else []
+                run(["sr_refine.py", "-m", model, "--iteration", it, "--mode", mode, "--name", name,
+                     "--scale", str(args.scale), "--steps", str(args.steps), "--iters_per_step", str(k),
+                     "--final_iters", str(k), "--sr_model", args.sr_model, "--seed", str(args.seed),
+                     "--no_step_images", "--device", args.device, "--quiet"] + resume)
+            renders = os.path.join(model, "test", name, "renders")
+            if not (os.path.isdir(renders) and os.listdir(renders)):
+                run(["render.py", "-m", model, "-r", hr_res, "--iteration", name, "--method", name, "--skip_train",
+                     "--device", args.device, "--quiet"])
+    run(["metrics.py", "-m", model, "--metrics", "psnr", "lpips-alex", "mv-warp", "--device", args.device,
+         "--quiet"], quiet=True)
+    with open(os.path.join(model, "results.json")) as f:
+        results = json.load(f)
+
+    rows = []
+    for mode, k, name in names:
+        res, log = results[name], sr_log(model, name)
+        rows.append({"mode": mode, "k": k, "total_iterations": args.steps * k + k,
+                     "psnr": res["PSNR"], "lpips_alex": res["LPIPS-alex"], "mv_warp": res["MV-warp"],
+                     "seconds": round(float(log["total_seconds"]), 1)})
+    chosen = {mode: choose([r for r in rows if r["mode"] == mode], args.tol_psnr, args.tol_lpips)
+              for mode in args.modes}
+
+    print(f"\n{'mode':<9} {'K':>5} {'HR iters':>9} {'PSNR':>8} {'LPIPS-alex':>11} {'MV-warp':>8} {'seconds':>8}")
+    for r in rows:
+        print(f"{r['mode']:<9} {r['k']:>5} {r['total_iterations']:>9} {r['psnr']:>8.3f} {r['lpips_alex']:>11.4f} "
+              f"{r['mv_warp']:>8.4f} {r['seconds']:>8.1f}")
+    for mode, c in chosen.items():
+        print(f"{mode}: K={c['k']} reaches K={c['reference_k']} within {c['psnr_delta']:+.3f} dB / "
+              f"{c['lpips_alex_delta']:+.4f} LPIPS-alex at {c['cost_vs_reference']:.3f}x its iterations "
+              f"({c['seconds_vs_reference']}x its time; {c['cost_vs_paper']:.3f}x the paper's {PAPER_ITERATIONS})")
+
+    payload = {"machine": {"platform": platform.platform(), "threads": os.cpu_count(),
+                           "load_average_at_start": list(load_start), "device": args.device},
+               "scene": {"folder": os.path.relpath(args.scene, ROOT), "lr_res": args.lr_res, "scale": args.scale,
+                         "train_iters": args.train_iters},
+               "settings": {"steps": args.steps, "sr_model": args.sr_model, "seed": args.seed,
+                            "tolerance": {"psnr_db": args.tol_psnr, "lpips_alex": args.tol_lpips}},
+               "rows": rows, "chosen": chosen, "date": time.strftime("%Y-%m-%d")}
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    tmp = args.json + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, args.json)
+    if args.plot:
+        plot(rows, args.plot)
+    print(f"written {args.json}" + (f" and {args.plot}" if args.plot else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

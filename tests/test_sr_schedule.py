@@ -1,0 +1,27 @@
+"""benchmarks/sr_schedule.py's choice: the cheapest K within tolerance of the largest K's quality."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from sr_schedule import PAPER_ITERATIONS, choose  # noqa: E402
+
+
+def _row(k, psnr, lpips, seconds):
+    return {"mode": "3dsr", "k": k, "total_iterations": 5 * k, "psnr": psnr, "lpips_alex": lpips,
+            "mv_warp": 0.01, "seconds": seconds}
+
+
+def test_choose_takes_the_cheapest_row_within_both_tolerances():
+    rows = [_row(100, 25.00, 0.400, 10.0), _row(300, 25.45, 0.396, 30.0), _row(1000, 25.52, 0.3905, 100.0),
+            _row(3000, 25.50, 0.390, 300.0)]
+    c = choose(rows, tol_psnr=0.1, tol_lpips=0.005)
+    # K=300 is within 0.1 dB but 0.006 LPIPS above K=3000; K=1000 is the first within both
+    assert c["k"] == 1000 and c["reference_k"] == 3000
+    assert c["psnr_delta"] == pytest.approx(0.02) and c["lpips_alex_delta"] == pytest.approx(0.0005)
+    assert c["cost_vs_reference"] == pytest.approx(1 / 3, abs=1e-4)
+    assert c["seconds_vs_reference"] == pytest.approx(1 / 3, abs=1e-4)
+    assert c["cost_vs_paper"] == pytest.approx(5000 / PAPER_ITERATIONS)
+    assert choose(rows, tol_psnr=0.6, tol_lpips=0.02)["k"] == 100
+    assert choose(rows[-1:], 0.1, 0.005)["k"] == 3000  # only the reference: itself
