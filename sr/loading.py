@@ -31,7 +31,8 @@ KNOWN_MODELS = {
     "sd-x4-upscaler": "stabilityai/stable-diffusion-x4-upscaler",
 }
 # Models shipped with the repository: short name -> folder relative to the repository root.
-EMBEDDED_MODELS = {"embedded-x4": os.path.join("models", "embedded-x4")}
+EMBEDDED_MODELS = {"embedded-x4": os.path.join("models", "embedded-x4"),         # the prior on a bicubic base
+                   "embedded-x4-v2": os.path.join("models", "embedded-x4-v2")}   # prior v2: a Real-ESRGAN base
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Models whose weights are not a diffusers folder: short name -> how to get them (see sr/stablesr).

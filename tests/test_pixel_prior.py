@@ -251,19 +251,22 @@ def test_one_3dsr_step_with_the_prior(sr, tmp_path):
     assert log["steps"][0]["psnr_render_vs_decoded"] is not None and os.path.isfile(tmp_path / "point_cloud.ply")
 
 
-def test_shipped_embedded_prior_loads_and_samples(one_thread):
-    """models/embedded-x4 (the repository's own prior) loads by its short name and samples a small real
-    photograph on CPU: x4 shape, range [0, 1], deterministic per seed, different per seed, faithful to
-    the LR input, and not just bicubic."""
+@pytest.mark.parametrize("name", ["embedded-x4", "embedded-x4-v2"])
+def test_shipped_embedded_prior_loads_and_samples(name, one_thread):
+    """The repository's own priors (models/embedded-x4 on a bicubic base; embedded-x4-v2 on Real-ESRGAN's)
+    load by their short names and sample a small real photograph on CPU: x4 shape, range [0, 1],
+    deterministic per seed, different per seed, faithful to the LR input, and not just their base."""
     import numpy as np
     import skimage.data
 
     from sr.latents import ViewLatents
     from sr.loading import load_sr_model
-    from sr.pixel_prior import bicubic_base
     from utils.image_utils import area_downsample, psnr
 
-    sr = load_sr_model("embedded-x4", "cpu")
+    try:
+        sr = load_sr_model(name, "cpu")
+    except ModelNotFoundError as exc:  # v2 needs the Real-ESRGAN weights that scripts/setup.sh converts
+        pytest.skip(f"{name}: {exc}")
     assert sr.scale == 4
     hr = torch.from_numpy(np.ascontiguousarray(skimage.data.astronaut()[80:144, 180:244])).permute(2, 0, 1)[None]
     lr = area_downsample(hr.float() / 255.0, 4)  # [1, 3, 16, 16], made as our datasets' LR images are
@@ -280,8 +283,9 @@ def test_shipped_embedded_prior_loads_and_samples(one_thread):
     a, b, c = sample(1), sample(1), sample(2)
     assert a.shape == (1, 3, 64, 64) and float(a.min()) >= 0.0 and float(a.max()) <= 1.0
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert float(psnr(area_downsample(a, 4), lr).min()) > 30.0  # keeps the LR content
-    assert float((a - bicubic_base(lr, 4)).abs().mean()) > 2e-3  # and adds detail of its own
+    # keeps the LR content (v2 less so: Real-ESRGAN shifts contrast; 27.8 dB measured here, see its model card)
+    assert float(psnr(area_downsample(a, 4), lr).min()) > {"embedded-x4": 30.0, "embedded-x4-v2": 25.0}[name]
+    assert float((a - sr.bases(lr)).abs().mean()) > 2e-3  # and adds detail of its own
 
 
 def test_crop_figure_shows_centre_crops_at_2x():
