@@ -46,6 +46,16 @@ def sr_log(model, name):
     return log if log.get("complete") else None
 
 
+def metric(result, key):
+    """A number from metrics.py's results.json entry (MV-warp is {"value", "pairs"}); unavailable is an error."""
+    value = result[key]
+    if isinstance(value, dict):
+        if "value" not in value:
+            raise SystemExit(f"sr_schedule: {key} is unavailable: {value.get('unavailable', value)}")
+        value = value["value"]
+    return float(value)
+
+
 def choose(rows, tol_psnr, tol_lpips):
     """The cheapest row within tolerance of the row with the most iterations (rows of one mode)."""
     ref = max(rows, key=lambda r: r["total_iterations"])
@@ -138,7 +148,8 @@ def main(argv=None):
     for mode, k, name in names:
         res, log = results[name], sr_log(model, name)
         rows.append({"mode": mode, "k": k, "total_iterations": args.steps * k + k,
-                     "psnr": res["PSNR"], "lpips_alex": res["LPIPS-alex"], "mv_warp": res["MV-warp"],
+                     "psnr": metric(res, "PSNR"), "lpips_alex": metric(res, "LPIPS-alex"),
+                     "mv_warp": metric(res, "MV-warp"),
                      "seconds": round(float(log["total_seconds"]), 1)})
     chosen = {mode: choose([r for r in rows if r["mode"] == mode], args.tol_psnr, args.tol_lpips)
               for mode in args.modes}

@@ -25,3 +25,11 @@ def test_choose_takes_the_cheapest_row_within_both_tolerances():
     assert c["cost_vs_paper"] == pytest.approx(5000 / PAPER_ITERATIONS)
     assert choose(rows, tol_psnr=0.6, tol_lpips=0.02)["k"] == 100
     assert choose(rows[-1:], 0.1, 0.005)["k"] == 3000  # only the reference: itself
+
+
+def test_metric_reads_plain_and_structured_entries():
+    from sr_schedule import metric
+    assert metric({"PSNR": 25.5}, "PSNR") == 25.5
+    assert metric({"MV-warp": {"value": 0.0185, "pairs": 1}}, "MV-warp") == 0.0185
+    with pytest.raises(SystemExit, match="unavailable"):
+        metric({"MV-warp": {"unavailable": "no depth"}}, "MV-warp")
