@@ -24,6 +24,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from utils.system_utils import atomic_write  # noqa: E402
 PAPER_ITERATIONS = 4 * 5000 + 5000
 METHOD_FOLDER = "{mode}_k{k}"
 
@@ -84,9 +87,8 @@ def plot(rows, path):
             ax.set_ylabel(label)
     axes[0].legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
 
 
 def main(argv=None):
@@ -171,10 +173,8 @@ def main(argv=None):
                             "tolerance": {"psnr_db": args.tol_psnr, "lpips_alex": args.tol_lpips}},
                "rows": rows, "chosen": chosen, "date": time.strftime("%Y-%m-%d")}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    tmp = args.json + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(args.json, "w") as f:
         json.dump(payload, f, indent=2)
-    os.replace(tmp, args.json)
     if args.plot:
         plot(rows, args.plot)
     print(f"written {args.json}" + (f" and {args.plot}" if args.plot else ""))

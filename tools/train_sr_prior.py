@@ -413,8 +413,8 @@ def load_init_weights(unet, folder: str):
                                               local_files_only=True)
         unet.load_state_dict(src.state_dict())
     except (OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelNotFoundError(f"--init {folder}: cannot load its UNet into this architecture ({first}); "
+        from sr.loading import first_line
+        raise ModelNotFoundError(f"--init {folder}: cannot load its UNet into this architecture ({first_line(exc)}); "
                                  "pass the same --channels / --layers_per_block / --norm_groups") from None
 
 
@@ -617,8 +617,10 @@ def evaluate_prior(folder: str, photos: List[str], *, steps=EVAL_STEPS, etas=(0.
               "bicubic_pil": {**mean_rows(bic_rows), "per_photo": bic_rows}, "prior_runs": []}
     if isr:
         from sr.image_sr import load_isr_model
+        held = getattr(getattr(sr, "bases", None), "isr", None)  # a prior on this base already holds it
         try:
-            model = load_isr_model(isr, device, dtype=torch.float32)
+            model = held if held is not None and held.name == isr and held.dtype == torch.float32 else \
+                load_isr_model(isr, device, dtype=torch.float32)
         except ModelNotFoundError as exc:
             report["isr"] = {"name": isr, "unavailable": str(exc)}
         else:
