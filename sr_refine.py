@@ -192,8 +192,10 @@ def main(argv=None):
     trained = read_cfg_args(args.model_path)
     dataset, pipe, opt, srp = model.extract(args), pipeline.extract(args), opt_group.extract(args), sr_group.extract(args)
     srp.name = srp.name or DEFAULT_RUN_NAMES.get(srp.mode, "sr")
-    final_iters = srp.iters_per_step if srp.final_iters < 0 else srp.final_iters
+    schedule = list(srp.iters_schedule or [])
+    final_iters = (schedule[-1] if schedule else srp.iters_per_step) if srp.final_iters < 0 else srp.final_iters
     settings = SRSettings(mode=srp.mode, scale=srp.scale, steps=srp.steps, iters_per_step=srp.iters_per_step,
+                          iters_schedule=schedule,
                           final_iters=final_iters, lambda_lr=srp.lambda_lr, lambda_dssim=opt.lambda_dssim,
                           eta=srp.eta, seed=args.seed,
                           sr_model={"bicubic": "", "per-view-isr": srp.isr}.get(srp.mode, srp.sr_model),
@@ -284,7 +286,7 @@ def main(argv=None):
     print(f"SR {settings.mode} of {dataset.model_path} (iteration {iteration}, {gaussians.num_points} Gaussians): "
           f"{len(scene.train_cameras)} train views {lr_w}x{lr_h} -> {lr_w * settings.scale}x{lr_h * settings.scale}"
           + (f", {sr!r}" if sr is not None else "") + (f", {isr!r}" if isr is not None else "")
-          + f"; {settings.steps} steps x {settings.iters_per_step} + {settings.final_iters} fit iterations")
+          + f"; {settings.describe_iterations()}")
 
     strategy = None if srp.no_densify else DensifyStrategy.from_opt(opt, dataset.white_background, seed=args.seed)
     background = torch.tensor([1.0, 1.0, 1.0] if dataset.white_background else [0.0, 0.0, 0.0], device=device)

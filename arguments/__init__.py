@@ -179,7 +179,8 @@ class SRParams(ParamGroup):
         self.timestep_spacing = "trailing"
         self.steps = 4                      # denoising steps (the paper's StableSR-Turbo uses 4)
         self.iters_per_step = 5000          # Gaussian fitting iterations per step (the paper's K)
-        self.final_iters = -1               # fit on the final images; -1 = iters_per_step
+        self.iters_schedule = []            # per-step fit iterations, one per step (overrides iters_per_step)
+        self.final_iters = -1               # fit on the final images; -1 = the last step's iterations
         self.lambda_lr = 1.0                # weight of the LR-consistency term
         self.eta = 0.0                      # DDIM eta: 0 deterministic, 1 DDPM-like
         self.published_update = False       # StableSR: the published 3DSR code's update (stale x_T, DDPM step)

@@ -3,12 +3,15 @@
 
     python benchmarks/sr_schedule.py                      # quick embedded scene, K = 100 300 1000 3000
     python benchmarks/sr_schedule.py --ks 100 300 --modes 3dsr
+    python benchmarks/sr_schedule.py --ks 1000 3000 --schedules 100,200,500,1200:1000 --modes 3dsr
 
 On the embedded synthetic scene (tools/make_scene.py; LR 3DGS trained once, as scripts/synthetic.sh --quick
 does), every --mode runs `--steps` denoising steps with K fit iterations each plus K final ones, for each K
 of --ks, with the same seed and SR model. Each run is a normal `sr_refine.py` run folder (OUT/lr/sr/<mode>_k<K>)
 rendered at HR and scored by metrics.py, so finished runs are reused when the benchmark is run again.
 Reported per run: HR test PSNR, LPIPS-alex, MV-warp and the SR stage's wall time (log.json).
+--schedules adds per-step schedules (sr_refine.py --iters_schedule): "K1,K2,...,Ksteps[:final]", the final
+fit's iterations defaulting to the last step's.
 
 The choice: per mode, the cheapest K whose PSNR is within --tol_psnr dB and LPIPS-alex within --tol_lpips of
 the largest K's, with its cost as a fraction of the largest K's and of the paper's 4 x 5000 + 5000 schedule.
@@ -29,6 +32,23 @@ if ROOT not in sys.path:
 from utils.system_utils import atomic_write  # noqa: E402
 PAPER_ITERATIONS = 4 * 5000 + 5000
 METHOD_FOLDER = "{mode}_k{k}"
+
+
+def parse_schedule(text: str, steps: int):
+    """'100,200,500,1200:1000' -> ([100, 200, 500, 1200], 1000); the final fit defaults to the last step's."""
+    try:
+        per_step, _, final = text.partition(":")
+        ks = [int(k) for k in per_step.split(",")]
+        final_iters = int(final) if final else ks[-1]
+    except ValueError:
+        raise SystemExit(f"sr_schedule: --schedules entry '{text}' is not 'K1,...,K{steps}[:final]' (integers)")
+    if len(ks) != steps or min(ks + [final_iters]) < 0:
+        raise SystemExit(f"sr_schedule: --schedules entry '{text}' needs {steps} non-negative counts (--steps)")
+    return ks, final_iters
+
+
+def schedule_name(mode: str, ks, final_iters: int) -> str:
+    return f"{mode}_s{'-'.join(str(k) for k in ks)}_f{final_iters}"
 
 
 def run(cmd, quiet=False):
@@ -64,7 +84,8 @@ def choose(rows, tol_psnr, tol_lpips):
     ref = max(rows, key=lambda r: r["total_iterations"])
     ok = [r for r in rows if r["psnr"] >= ref["psnr"] - tol_psnr and r["lpips_alex"] <= ref["lpips_alex"] + tol_lpips]
     best = min(ok, key=lambda r: r["total_iterations"])
-    return {"k": best["k"], "total_iterations": best["total_iterations"], "reference_k": ref["k"],
+    return {"k": best["k"], "label": best.get("label", f"K={best['k']}"), "total_iterations": best["total_iterations"],
+            "reference_k": ref["k"], "reference_label": ref.get("label", f"K={ref['k']}"),
             "psnr_delta": round(best["psnr"] - ref["psnr"], 4),
             "lpips_alex_delta": round(best["lpips_alex"] - ref["lpips_alex"], 4),
             "cost_vs_reference": round(best["total_iterations"] / ref["total_iterations"], 4),
@@ -79,9 +100,11 @@ def plot(rows, path):
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     for mode in sorted({r["mode"] for r in rows}):
         rs = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["total_iterations"])
-        x = [r["total_iterations"] for r in rs]
         for ax, key, label in zip(axes, ("psnr", "lpips_alex", "mv_warp"), ("PSNR (dB)", "LPIPS-alex", "MV-warp")):
-            ax.plot(x, [r[key] for r in rs], "o-", label=mode)
+            uniform = [r for r in rs if r.get("schedule") is None]
+            ax.plot([r["total_iterations"] for r in uniform], [r[key] for r in uniform], "o-", label=mode)
+            for r in (r for r in rs if r.get("schedule") is not None):
+                ax.plot([r["total_iterations"]], [r[key]], "*", markersize=11, label=f"{mode} {r['label']}")
             ax.set_xscale("log")
             ax.set_xlabel("HR fit iterations (steps x K + K)")
             ax.set_ylabel(label)
@@ -103,6 +126,8 @@ def main(argv=None):
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--train_iters", type=int, default=1500, help="LR 3DGS iterations (as synthetic.sh --quick)")
     p.add_argument("--ks", type=int, nargs="+", default=[100, 300, 1000, 3000], help="fit iterations per step")
+    p.add_argument("--schedules", nargs="*", default=[],
+                   help="per-step schedules to add, each 'K1,...,Ksteps[:final]' (sr_refine.py --iters_schedule)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--modes", nargs="+", default=["3dsr", "per-view"], choices=["3dsr", "per-view"])
     p.add_argument("--sr_model", default="embedded-x4")
@@ -126,42 +151,48 @@ def main(argv=None):
              "--sh_increase_interval", str(max(1, args.train_iters // 4)), "--seed", str(args.seed),
              "--device", args.device, "--quiet"])
     hr_res = str(args.lr_res // args.scale)
-    names = []
+    runs = []  # (mode, per-step iterations, final iterations, folder name, uniform K or None)
     for k in args.ks:
-        for mode in args.modes:
-            name = METHOD_FOLDER.format(mode=mode, k=k)
-            names.append((mode, k, name))
-            if sr_log(model, name) is None:
-                resume = ["--resume"] if os.path.isdir(os.path.join(model, "sr", name)) else []
-                run(["sr_refine.py", "-m", model, "--iteration", it, "--mode", mode, "--name", name,
-                     "--scale", str(args.scale), "--steps", str(args.steps), "--iters_per_step", str(k),
-                     "--final_iters", str(k), "--sr_model", args.sr_model, "--seed", str(args.seed),
-                     "--no_step_images", "--device", args.device, "--quiet"] + resume)
-            renders = os.path.join(model, "test", name, "renders")
-            if not (os.path.isdir(renders) and os.listdir(renders)):
-                run(["render.py", "-m", model, "-r", hr_res, "--iteration", name, "--method", name, "--skip_train",
-                     "--device", args.device, "--quiet"])
+        runs += [(mode, [k] * args.steps, k, METHOD_FOLDER.format(mode=mode, k=k), k) for mode in args.modes]
+    for text in args.schedules:
+        ks, final_iters = parse_schedule(text, args.steps)
+        runs += [(mode, ks, final_iters, schedule_name(mode, ks, final_iters), None) for mode in args.modes]
+    for mode, ks, final_iters, name, _ in runs:
+        if sr_log(model, name) is None:
+            resume = ["--resume"] if os.path.isdir(os.path.join(model, "sr", name)) else []
+            per_step = (["--iters_per_step", str(ks[0])] if len(set(ks)) == 1
+                        else ["--iters_schedule"] + [str(k) for k in ks])
+            run(["sr_refine.py", "-m", model, "--iteration", it, "--mode", mode, "--name", name,
+                 "--scale", str(args.scale), "--steps", str(args.steps)] + per_step +
+                ["--final_iters", str(final_iters), "--sr_model", args.sr_model, "--seed", str(args.seed),
+                 "--no_step_images", "--device", args.device, "--quiet"] + resume)
+        renders = os.path.join(model, "test", name, "renders")
+        if not (os.path.isdir(renders) and os.listdir(renders)):
+            run(["render.py", "-m", model, "-r", hr_res, "--iteration", name, "--method", name, "--skip_train",
+                 "--device", args.device, "--quiet"])
     run(["metrics.py", "-m", model, "--metrics", "psnr", "lpips-alex", "mv-warp", "--device", args.device,
          "--quiet"], quiet=True)
     with open(os.path.join(model, "results.json")) as f:
         results = json.load(f)
 
     rows = []
-    for mode, k, name in names:
+    for mode, ks, final_iters, name, k in runs:
         res, log = results[name], sr_log(model, name)
-        rows.append({"mode": mode, "k": k, "total_iterations": args.steps * k + k,
+        label = f"K={k}" if k is not None else f"{'+'.join(str(x) for x in ks)}+{final_iters}"
+        rows.append({"mode": mode, "k": k, "schedule": None if k is not None else ks, "final_iters": final_iters,
+                     "label": label, "total_iterations": sum(ks) + final_iters,
                      "psnr": metric(res, "PSNR"), "lpips_alex": metric(res, "LPIPS-alex"),
                      "mv_warp": metric(res, "MV-warp"),
                      "seconds": round(float(log["total_seconds"]), 1)})
     chosen = {mode: choose([r for r in rows if r["mode"] == mode], args.tol_psnr, args.tol_lpips)
               for mode in args.modes}
 
-    print(f"\n{'mode':<9} {'K':>5} {'HR iters':>9} {'PSNR':>8} {'LPIPS-alex':>11} {'MV-warp':>8} {'seconds':>8}")
+    print(f"\n{'mode':<9} {'schedule':>22} {'HR iters':>9} {'PSNR':>8} {'LPIPS-alex':>11} {'MV-warp':>8} {'seconds':>8}")
     for r in rows:
-        print(f"{r['mode']:<9} {r['k']:>5} {r['total_iterations']:>9} {r['psnr']:>8.3f} {r['lpips_alex']:>11.4f} "
+        print(f"{r['mode']:<9} {r['label']:>22} {r['total_iterations']:>9} {r['psnr']:>8.3f} {r['lpips_alex']:>11.4f} "
               f"{r['mv_warp']:>8.4f} {r['seconds']:>8.1f}")
     for mode, c in chosen.items():
-        print(f"{mode}: K={c['k']} reaches K={c['reference_k']} within {c['psnr_delta']:+.3f} dB / "
+        print(f"{mode}: {c['label']} reaches {c['reference_label']} within {c['psnr_delta']:+.3f} dB / "
               f"{c['lpips_alex_delta']:+.4f} LPIPS-alex at {c['cost_vs_reference']:.3f}x its iterations "
               f"({c['seconds_vs_reference']}x its time; {c['cost_vs_paper']:.3f}x the paper's {PAPER_ITERATIONS})")
 

@@ -162,6 +162,45 @@ def test_oracle_model_reaches_the_hr_trained_bound(lr_model, tiny_scene, tmp_pat
     assert per_step[-1] > per_step[0] + 1.0, per_step
 
 
+def test_per_step_schedule_numbers_each_steps_fit_globally(lr_model, tiny_sr_folder, one_thread, tmp_path):
+    """--iters_schedule: step k fits its own count, numbered on from the steps before; the final fit follows."""
+    from sr.loading import load_sr_model
+    from training.sr_loop import SRSettings
+    from utils.errors import ThreeDSRError
+
+    settings = SRSettings(mode="3dsr", steps=3, iters_per_step=50, iters_schedule=[2, 0, 4], final_iters=3)
+    assert [settings.step_iters(k) for k in (1, 2, 3)] == [2, 0, 4]
+    assert [settings.first_iteration(k) for k in (1, 2, 3, 4)] == [1, 3, 3, 7]
+    assert settings.total_iterations == 9
+    assert settings.describe_iterations() == "3 steps (2+0+4) + 3 final fit iterations"
+    assert SRSettings(steps=2, iters_per_step=5, final_iters=1).total_iterations == 11
+    with pytest.raises(ThreeDSRError, match="2 entries for --steps 3"):
+        SRSettings(steps=3, iters_schedule=[1, 2])
+    with pytest.raises(ThreeDSRError, match="negative"):
+        SRSettings(steps=2, iters_schedule=[1, -2])
+
+    sr = load_sr_model(tiny_sr_folder, "cpu")
+    opt = fit_options(settings.total_iterations, densify=False)
+    refiner = make_refiner(lr_model, str(tmp_path / "s"), settings, sr, opt, densify=False)
+    calls, fit = [], refiner.fit
+    refiner.fit = lambda targets, first, last, desc: calls.append((first, last)) or fit(targets, first, last, desc)
+    log = refiner.run()
+    assert calls == [(1, 2), (3, 2), (3, 6), (7, 9)]
+    assert log["settings"]["iters_schedule"] == [2, 0, 4] and log["complete"]
+    # a checkpoint written under one schedule does not resume under another
+    other = SRSettings(mode="3dsr", steps=3, iters_per_step=50, iters_schedule=[2, 1, 3], final_iters=3)
+    with pytest.raises(ThreeDSRError, match="iters_schedule"):
+        make_refiner(lr_model, str(tmp_path / "s"), other, sr, opt, densify=False).run(resume=True)
+
+    # the baselines fit once, for the schedule's total
+    per_view = SRSettings(mode="per-view", steps=3, iters_schedule=[2, 0, 4], final_iters=3)
+    refiner = make_refiner(lr_model, str(tmp_path / "p"), per_view, sr, opt, densify=False)
+    calls, fit = [], refiner.fit
+    refiner.fit = lambda targets, first, last, desc: calls.append((first, last)) or fit(targets, first, last, desc)
+    refiner.run()
+    assert calls == [(1, 9)]
+
+
 # ---- the CLI end to end ----------------------------------------------------------------------------
 def test_sr_refine_cli_tiny_x4_end_to_end(lr_model, tiny_sr_folder, tmp_path):
     model = str(tmp_path / "model")
@@ -387,6 +426,7 @@ def test_bad_inputs_fail_cleanly(lr_model, tiny_scene, tiny_sr_folder, tmp_path)
     expect_error(base + ["--mode", "nonsense"], "invalid choice: 'nonsense'")
     expect_error(base + ["--mode", "per-view", "--sr_model", tiny_sr_folder, "--published_update"],
                  "--published_update applies to --mode 3dsr")
+    expect_error(base + ["--mode", "bicubic", "--iters_schedule", "2", "3"], "--iters_schedule has 2 entries")
     assert tree_digest(model) == digest  # nothing written, nothing lost
 
     # a model folder with no trained point cloud

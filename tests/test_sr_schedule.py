@@ -5,7 +5,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-from sr_schedule import PAPER_ITERATIONS, choose  # noqa: E402
+from sr_schedule import PAPER_ITERATIONS, choose, parse_schedule, schedule_name  # noqa: E402
 
 
 def _row(k, psnr, lpips, seconds):
@@ -33,3 +33,18 @@ def test_metric_reads_plain_and_structured_entries():
     assert metric({"MV-warp": {"value": 0.0185, "pairs": 1}}, "MV-warp") == 0.0185
     with pytest.raises(SystemExit, match="unavailable"):
         metric({"MV-warp": {"unavailable": "no depth"}}, "MV-warp")
+
+
+def test_schedules_parse_and_compete_with_uniform_k():
+    assert parse_schedule("100,200,500,1200:1000", 4) == ([100, 200, 500, 1200], 1000)
+    assert parse_schedule("100,200,500,1200", 4) == ([100, 200, 500, 1200], 1200)
+    assert schedule_name("3dsr", [100, 200], 50) == "3dsr_s100-200_f50"
+    for bad in ("100,200,500", "a,b,c,d", "1,2,3,-4", "1,2,3,4:x"):
+        with pytest.raises(SystemExit, match="--schedules entry"):
+            parse_schedule(bad, 4)
+    ramp = {"mode": "3dsr", "k": None, "label": "100+200+500+1200+1000", "total_iterations": 3000, "psnr": 25.46,
+            "lpips_alex": 0.3920, "mv_warp": 0.01, "seconds": 20.0}
+    rows = [_row(300, 25.00, 0.400, 10.0), ramp, _row(1000, 25.52, 0.3905, 100.0), _row(3000, 25.50, 0.390, 300.0)]
+    c = choose(rows, tol_psnr=0.1, tol_lpips=0.005)
+    assert c["label"] == "100+200+500+1200+1000" and c["total_iterations"] == 3000 and c["reference_label"] == "K=3000"
+    assert c["cost_vs_paper"] == pytest.approx(3000 / PAPER_ITERATIONS)

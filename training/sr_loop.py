@@ -69,6 +69,8 @@ class SRSettings:
     sr_model: str = ""
     published_update: bool = False  # the published 3DSR code's update (see SRRefiner.sampler_step)
     sr_options: dict = field(default_factory=dict)  # the SR adapter's options that change its outputs
+    # fit iterations of each denoising step (one per step); empty: iters_per_step at every step
+    iters_schedule: List[int] = field(default_factory=list)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -78,15 +80,34 @@ class SRSettings:
                 raise ThreeDSRError(f"--{key} must be at least 1, got {getattr(self, key)}")
         if self.iters_per_step < 0 or self.final_iters < 0:
             raise ThreeDSRError("--iters_per_step and --final_iters must not be negative")
+        self.iters_schedule = [int(k) for k in self.iters_schedule]
+        if self.iters_schedule and len(self.iters_schedule) != int(self.steps):
+            raise ThreeDSRError(f"--iters_schedule has {len(self.iters_schedule)} entries for --steps {self.steps}; "
+                                "give one iteration count per denoising step")
+        if any(k < 0 for k in self.iters_schedule):
+            raise ThreeDSRError(f"--iters_schedule must not hold negative counts, got {self.iters_schedule}")
         if not 0.0 <= self.eta <= 1.0:
             raise ThreeDSRError(f"--eta must be in [0, 1], got {self.eta}")
         if self.published_update and (self.mode != "3dsr" or self.eta != 0.0):
             raise ThreeDSRError("--published_update applies to --mode 3dsr only and has its own DDPM noise "
                                 f"(got --mode {self.mode} --eta {self.eta}); drop it or use --mode 3dsr --eta 0")
 
+    def step_iters(self, k: int) -> int:
+        """Fit iterations of denoising step k (1-based)."""
+        return self.iters_schedule[k - 1] if self.iters_schedule else self.iters_per_step
+
+    def first_iteration(self, k: int) -> int:
+        """Global number of step k's first fit iteration; k = steps + 1 is the final fit's."""
+        return 1 + sum(self.step_iters(j) for j in range(1, k))
+
     @property
     def total_iterations(self) -> int:
-        return self.steps * self.iters_per_step + self.final_iters
+        return self.first_iteration(self.steps + 1) - 1 + self.final_iters
+
+    def describe_iterations(self) -> str:
+        per_step = ("+".join(str(k) for k in self.iters_schedule) if self.iters_schedule
+                    else f"{self.steps} x {self.iters_per_step}")
+        return f"{self.steps} steps ({per_step}) + {self.final_iters} final fit iterations"
 
     @property
     def uses_diffusion(self) -> bool:
@@ -369,8 +390,8 @@ class SRRefiner:
         st = self.settings
         decoded = self._targets_device(self.sr.decode(x0, self.lr_images))
         release_cached_memory(self.sr.device)  # the decoder's activations, before the fit's working set
-        first = (k - 1) * st.iters_per_step + 1
-        fit = self.fit(decoded, first, first + st.iters_per_step - 1, desc=f"step {k}/{st.steps} t={t} fit")
+        first = st.first_iteration(k)
+        fit = self.fit(decoded, first, first + st.step_iters(k) - 1, desc=f"step {k}/{st.steps} t={t} fit")
         renders = self.render_all()
         release_cached_memory(self.device)
         z = None if st.published_update else self.sr.encode(renders, self.lr_images)
@@ -426,7 +447,7 @@ class SRRefiner:
         else:
             targets = bicubic_upsample(self.lr_images, st.scale)
         release_cached_memory(self.device)
-        first = st.steps * st.iters_per_step + 1 if st.mode == "3dsr" else 1
+        first = st.first_iteration(st.steps + 1) if st.mode == "3dsr" else 1
         fit_result = None
         if st.total_iterations >= first:
             fit_result = self.fit(targets, first, st.total_iterations, desc=f"final fit ({st.mode})")

@@ -71,7 +71,8 @@ struct StageClock {
 // Scratch memory reused across calls (per calling thread): the per-call working arrays of binning
 // and backward would otherwise be fresh allocations, page-faulted in on every iteration. Each slot
 // is used by one array at a time; capacity only grows.
-enum ScratchSlot { SCR_RECTS, SCR_VISIBLE, SCR_ORDER, SCR_ORDER_TMP, SCR_KEY, SCR_KEY_TMP, SCR_COUNTS, SCR_N };
+enum ScratchSlot { SCR_RECTS, SCR_VISIBLE, SCR_ORDER, SCR_ORDER_TMP, SCR_KEY, SCR_KEY_TMP, SCR_COUNTS, SCR_SORTED,
+                   SCR_N };
 template <typename T>
 std::vector<T>& scratch(int slot, size_t n) {
   thread_local std::vector<T> bufs[SCR_N];
@@ -417,6 +418,18 @@ Binning bin_gaussians(const int32_t* rects, const S* depth, int64_t N, int tiles
               "threedsr_cpu_rasterizer: too many tile/Gaussian pairs (", total, ")");
   goff[N] = static_cast<int32_t>(total);
   const int32_t* order = depth_order<S>(depth, visible, n_visible);
+  // The visible Gaussians' tile rectangles and first pair rows, gathered once into depth order: both
+  // passes below then stream them instead of reading the Gaussian-major arrays at random twice.
+  int32_t* sorted = scratch<int32_t>(SCR_SORTED, n_visible * 5 + 1).data();
+  for (size_t k = 0; k < n_visible; ++k) {
+    if (k + 16 < n_visible) {
+      __builtin_prefetch(&rects[static_cast<size_t>(order[k + 16]) * 4]);
+      __builtin_prefetch(&goff[order[k + 16]]);
+    }
+    const int32_t g = order[k];
+    std::memcpy(&sorted[5 * k], &rects[static_cast<size_t>(g) * 4], 4 * sizeof(int32_t));
+    sorted[5 * k + 4] = goff[g];
+  }
 
   // Counting sort of the depth-ordered pairs into tiles; each thread owns a contiguous piece of
   // the depth order and its own slots inside every tile, so lists stay depth sorted.
@@ -435,7 +448,7 @@ Binning bin_gaussians(const int32_t* rects, const S* depth, int64_t N, int tiles
     piece(t, b, e);
     int64_t* cts = &counts[static_cast<size_t>(t) * n_tiles];
     for (int64_t k = b; k < e; ++k) {
-      const int32_t* r = &rects[static_cast<size_t>(order[k]) * 4];
+      const int32_t* r = &sorted[5 * k];
       for (int ty = r[2]; ty < r[3]; ++ty)
         for (int tx = r[0]; tx < r[1]; ++tx) ++cts[ty * tiles_x + tx];
     }
@@ -463,8 +476,8 @@ Binning bin_gaussians(const int32_t* rects, const S* depth, int64_t N, int tiles
     int64_t* cur = &counts[static_cast<size_t>(t) * n_tiles];
     for (int64_t k = b; k < e; ++k) {
       const int32_t g = order[k];
-      const int32_t* r = &rects[static_cast<size_t>(g) * 4];
-      int32_t j = goff[g];
+      const int32_t* r = &sorted[5 * k];
+      int32_t j = r[4];
       for (int ty = r[2]; ty < r[3]; ++ty)
         for (int tx = r[0]; tx < r[1]; ++tx) {
           const int64_t pos = cur[ty * tiles_x + tx]++;
