@@ -125,7 +125,8 @@ def main(argv=None):
     p.add_argument("--lr_res", type=int, default=8)
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--train_iters", type=int, default=1500, help="LR 3DGS iterations (as synthetic.sh --quick)")
-    p.add_argument("--ks", type=int, nargs="+", default=[100, 300, 1000, 3000], help="fit iterations per step")
+    p.add_argument("--ks", type=int, nargs="*", default=[100, 300, 1000, 3000],
+                   help="uniform fit iterations per step, one run each (none: only --schedules)")
     p.add_argument("--schedules", nargs="*", default=[],
                    help="per-step schedules to add, each 'K1,...,Ksteps[:final]' (sr_refine.py --iters_schedule)")
     p.add_argument("--steps", type=int, default=4)
