@@ -31,7 +31,7 @@ from scene.dataset_readers import read_scene
 from scene.scene import SR_ROOT, camera_from_info, hr_gt_resolution, resolve_iteration
 from training.fit import seed_everything
 from training.sr_loop import (DEFAULT_RUN_NAMES, SRRefiner, SRSettings, check_published_update, clear_run,
-                              describe_log)
+                              describe_log, resolve_iters_schedule)
 from training.strategy import DensifyStrategy
 from utils.device import add_device_args, resolve_device, use_deterministic
 from utils.errors import ThreeDSRError
@@ -192,7 +192,7 @@ def main(argv=None):
     trained = read_cfg_args(args.model_path)
     dataset, pipe, opt, srp = model.extract(args), pipeline.extract(args), opt_group.extract(args), sr_group.extract(args)
     srp.name = srp.name or DEFAULT_RUN_NAMES.get(srp.mode, "sr")
-    schedule = list(srp.iters_schedule or [])
+    schedule = resolve_iters_schedule(srp.iters_schedule, srp.steps, srp.iters_per_step)
     final_iters = (schedule[-1] if schedule else srp.iters_per_step) if srp.final_iters < 0 else srp.final_iters
     settings = SRSettings(mode=srp.mode, scale=srp.scale, steps=srp.steps, iters_per_step=srp.iters_per_step,
                           iters_schedule=schedule,

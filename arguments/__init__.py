@@ -178,8 +178,9 @@ class SRParams(ParamGroup):
         self.vae_tile_overlap = 64          # StableSR: overlap of the VAE tiles (pixels, multiple of 8)
         self.timestep_spacing = "trailing"
         self.steps = 4                      # denoising steps (the paper's StableSR-Turbo uses 4)
-        self.iters_per_step = 5000          # Gaussian fitting iterations per step (the paper's K)
-        self.iters_schedule = []            # per-step fit iterations, one per step (overrides iters_per_step)
+        self.iters_per_step = 1000          # fit iterations of the last step (ramp) or of every step (uniform)
+        self.iters_schedule = ["ramp"]      # ramp: 0.1/0.25/0.65/1 x iters_per_step; uniform (the paper's 5000
+                                            # per step); or one count per step (benchmarks/sr_schedule.py)
         self.final_iters = -1               # fit on the final images; -1 = the last step's iterations
         self.lambda_lr = 1.0                # weight of the LR-consistency term
         self.eta = 0.0                      # DDIM eta: 0 deterministic, 1 DDPM-like

@@ -59,6 +59,7 @@ def test_pipeline_runs_with_meta_default_device(scene, tiny_sr, tmp_path, one_th
     assert render.main(["-m", model, "--backend", "cpu", "--skip_train", "-r", str(LR_FACTOR // 4)] + dev) == 0
 
     sr_common = ["-m", model, "--sr_model", tiny_sr, "--steps", "2", "--iters_per_step", "15", "--final_iters", "10",
+                 "--iters_schedule", "uniform",
                  "--backend", "cpu", "--densify_from_iter", "5", "--densification_interval", "5"] + dev
     for mode in ("3dsr", "per-view", "bicubic"):
         assert sr_refine.main(sr_common + ["--mode", mode]) == 0

@@ -65,7 +65,7 @@ def test_the_literal_two_commands_then_render_upscaled(scene, tiny_sr, tmp_path)
 
     # the SR run is a 3DGS model folder; both folders parse as 3DGS tools parse them
     assert inria_max_iteration(str(model)) == 60
-    assert inria_max_iteration(str(run_dir)) == 2 * 10 + 5
+    assert inria_max_iteration(str(run_dir)) == 1 + 10 + 5  # the default ramp: 0.1 x 10, 10, then 5 final
     cfg = (run_dir / "cfg_args").read_text()
     assert re.search(r"\bscale=4\b", cfg) and "lr_iteration='60'" in cfg
     cams = json.loads((run_dir / "cameras.json").read_text())
@@ -84,7 +84,7 @@ def test_the_literal_two_commands_then_render_upscaled(scene, tiny_sr, tmp_path)
 
     # the SR folder opened directly, as a 3DGS tool would: renders at its HR-or-LR `resolution`
     run_in(work, ["render.py", "-m", str(run_dir), "--quiet"])
-    assert (run_dir / "train" / "ours_25" / "renders" / "00000.png").is_file()
+    assert (run_dir / "train" / "ours_16" / "renders" / "00000.png").is_file()
 
 
 def test_hr_images_give_ground_truth_beyond_images_n(scene, tiny_sr, tmp_path):

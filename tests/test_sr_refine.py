@@ -162,6 +162,25 @@ def test_oracle_model_reaches_the_hr_trained_bound(lr_model, tiny_scene, tmp_pat
     assert per_step[-1] > per_step[0] + 1.0, per_step
 
 
+def test_schedule_words_resolve_to_per_step_counts():
+    """'ramp' (the default) is 0.1 / 0.25 / 0.65 / 1 x K at 4 steps, interpolated for other step counts;
+    'uniform' is the paper's K at every step; counts pass through."""
+    from training.sr_loop import resolve_iters_schedule
+    assert resolve_iters_schedule(["ramp"], 4, 1000) == [100, 250, 650, 1000]
+    assert resolve_iters_schedule([], 4, 1000) == [100, 250, 650, 1000]
+    assert resolve_iters_schedule(["uniform"], 4, 5000) == [5000] * 4
+    assert resolve_iters_schedule(["100", "200"], 2, 7) == [100, 200]
+    assert resolve_iters_schedule(["ramp"], 1, 300) == [300]
+    assert resolve_iters_schedule(["ramp"], 2, 1000) == [100, 1000]
+    seven = resolve_iters_schedule(["ramp"], 7, 1000)  # points at 0, 1/3, 2/3, 1 fall on steps 1, 3, 5, 7
+    assert seven[0] == 100 and seven[2] == 250 and seven[4] == 650 and seven[6] == 1000
+    assert seven == sorted(seven) and seven[1] == 175 and seven[3] == 450 and seven[5] == 825
+    assert resolve_iters_schedule(["ramp"], 4, 10) == [1, 3, 7, 10]  # halves round up
+    from utils.errors import ThreeDSRError
+    with pytest.raises(ThreeDSRError, match="'ramp', 'uniform' or one iteration count per step"):
+        resolve_iters_schedule(["fast"], 4, 10)
+
+
 def test_per_step_schedule_numbers_each_steps_fit_globally(lr_model, tiny_sr_folder, one_thread, tmp_path):
     """--iters_schedule: step k fits its own count, numbered on from the steps before; the final fit follows."""
     from sr.loading import load_sr_model
@@ -174,6 +193,7 @@ def test_per_step_schedule_numbers_each_steps_fit_globally(lr_model, tiny_sr_fol
     assert settings.total_iterations == 9
     assert settings.describe_iterations() == "3 steps (2+0+4) + 3 final fit iterations"
     assert SRSettings(steps=2, iters_per_step=5, final_iters=1).total_iterations == 11
+    assert SRSettings(steps=2, iters_per_step=5, iters_schedule=[5, 5]) == SRSettings(steps=2, iters_per_step=5)
     with pytest.raises(ThreeDSRError, match="2 entries for --steps 3"):
         SRSettings(steps=3, iters_schedule=[1, 2])
     with pytest.raises(ThreeDSRError, match="negative"):
@@ -427,6 +447,7 @@ def test_bad_inputs_fail_cleanly(lr_model, tiny_scene, tiny_sr_folder, tmp_path)
     expect_error(base + ["--mode", "per-view", "--sr_model", tiny_sr_folder, "--published_update"],
                  "--published_update applies to --mode 3dsr")
     expect_error(base + ["--mode", "bicubic", "--iters_schedule", "2", "3"], "--iters_schedule has 2 entries")
+    expect_error(base + ["--mode", "bicubic", "--iters_schedule", "fast"], "--iters_schedule takes 'ramp'")
     assert tree_digest(model) == digest  # nothing written, nothing lost
 
     # a model folder with no trained point cloud
@@ -466,7 +487,7 @@ def test_sr_refine_cli_stablesr_turbo_tiny_end_to_end(lr_model, tmp_path):
     model = str(tmp_path / "model")
     shutil.copytree(lr_model, model)
     run(["sr_refine.py", "-m", model, "--sr_model", "stablesr-turbo", "--sr_weights", weights, "--steps", "2",
-         "--iters_per_step", "3", "--final_iters", "2", "--no_step_images", "--quiet"])
+         "--iters_per_step", "3", "--iters_schedule", "uniform", "--final_iters", "2", "--no_step_images", "--quiet"])
     log = json.load(open(os.path.join(model, "sr", "sr", "log.json")))
     assert log["complete"] and [e["timestep"] for e in log["steps"]] == [999, 0]
     assert os.path.isfile(os.path.join(model, "sr", "sr", "point_cloud", "iteration_8", "point_cloud.ply"))

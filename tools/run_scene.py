@@ -48,6 +48,8 @@ def build_parser():
     p.add_argument("--train_iters", type=int, default=30_000, help="LR 3DGS iterations (default 30000)")
     p.add_argument("--steps", type=int, default=4, help="denoising steps (default 4)")
     p.add_argument("--iters_per_step", type=int, default=5000, help="fit iterations per step (default 5000)")
+    p.add_argument("--iters_schedule", nargs="+", default=["uniform"],
+                   help="sr_refine.py --iters_schedule (default uniform: the paper's protocol, not sr_refine's ramp)")
     p.add_argument("--sr_model", default="sd-x4-upscaler", help="diffusion SR model (name, hub id or folder)")
     p.add_argument("--isr", default="realesrgan-x4plus",
                    help="image SR model of the per-view-isr method (Real-ESRGAN -> 3DGS)")
@@ -153,7 +155,8 @@ def main(argv=None):
                 continue
             cmd = ["sr_refine.py", "-m", model, "--iteration", it, "--mode", mode, "--name", name,
                    "--scale", str(args.scale), "--steps", str(args.steps), "--iters_per_step",
-                   str(args.iters_per_step), "--seed", str(args.seed), "--quiet"]
+                   str(args.iters_per_step), "--iters_schedule", *args.iters_schedule, "--seed", str(args.seed),
+                   "--quiet"]
             if mode == "per-view-isr":
                 cmd += ["--isr", args.isr]
             elif mode != "bicubic":

@@ -26,6 +26,7 @@ so a run killed anywhere and resumed reproduces the uninterrupted run bit for bi
 """
 import dataclasses
 import json
+import math
 import os
 import re
 import resource
@@ -51,6 +52,11 @@ MODES = ("3dsr", "per-view", "bicubic", "per-view-isr")
 DEFAULT_RUN_NAMES = {"3dsr": "sr", "per-view": "sr_per-view", "bicubic": "sr_bicubic",
                      "per-view-isr": "sr_per-view-isr"}
 _CHECKPOINT_FORMAT = "3dsr-sr-checkpoint"
+# The "ramp" schedule (sr_refine.py's default): step k of S fits round(K * f) iterations, f interpolated
+# piecewise-linearly at (k - 1) / (S - 1) through these points, K = --iters_per_step. At 4 steps it is the
+# 0.1 / 0.25 / 0.65 / 1 schedule measured by benchmarks/sr_schedule.py: few fit iterations while the proposals
+# are noisy, the most at the end.
+RAMP_POINTS = ((0.0, 0.1), (1 / 3, 0.25), (2 / 3, 0.65), (1.0, 1.0))
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -86,6 +92,8 @@ class SRSettings:
                                 "give one iteration count per denoising step")
         if any(k < 0 for k in self.iters_schedule):
             raise ThreeDSRError(f"--iters_schedule must not hold negative counts, got {self.iters_schedule}")
+        if self.iters_schedule == [int(self.iters_per_step)] * int(self.steps):
+            self.iters_schedule = []  # uniform has one form, so checkpoints from before the flag resume
         if not 0.0 <= self.eta <= 1.0:
             raise ThreeDSRError(f"--eta must be in [0, 1], got {self.eta}")
         if self.published_update and (self.mode != "3dsr" or self.eta != 0.0):
@@ -112,6 +120,32 @@ class SRSettings:
     @property
     def uses_diffusion(self) -> bool:
         return self.mode in ("3dsr", "per-view")
+
+
+def ramp_fraction(pos: float) -> float:
+    for (x0, y0), (x1, y1) in zip(RAMP_POINTS, RAMP_POINTS[1:]):
+        if pos <= x1:
+            return y0 + (y1 - y0) * (pos - x0) / (x1 - x0)
+    return RAMP_POINTS[-1][1]
+
+
+def resolve_iters_schedule(spec: Sequence[str], steps: int, iters_per_step: int) -> List[int]:
+    """--iters_schedule as words -> per-step fit iterations: 'ramp' (the default, see RAMP_POINTS),
+    'uniform' (iters_per_step at every step, the paper's), or one count per step."""
+    words = [str(w).strip().lower() for w in spec] or ["ramp"]
+    if words == ["uniform"]:
+        return [int(iters_per_step)] * int(steps)
+    if words == ["ramp"]:
+        s = int(steps)
+        # halves round up (Python's round() would take 2.5 to 2)
+        return [int(math.floor(iters_per_step * ramp_fraction(k / (s - 1) if s > 1 else 1.0) + 0.5))
+                for k in range(s)]
+    try:
+        counts = [int(w) for w in words]
+    except ValueError:
+        raise ThreeDSRError(f"--iters_schedule takes 'ramp', 'uniform' or one iteration count per step; got "
+                            f"{' '.join(spec)}") from None
+    return counts
 
 
 def check_published_update(settings: SRSettings, sr):
