@@ -11,7 +11,7 @@ of --ks, with the same seed and SR model. Each run is a normal `sr_refine.py` ru
 rendered at HR and scored by metrics.py, so finished runs are reused when the benchmark is run again.
 Reported per run: HR test PSNR, LPIPS-alex, MV-warp and the SR stage's wall time (log.json).
 --schedules adds per-step schedules (sr_refine.py --iters_schedule): "K1,K2,...,Ksteps[:final]", the final
-fit's iterations defaulting to the last step's.
+fit's iterations defaulting to the last step's (3DSR only: the baselines fit once, on the total).
 
 The choice: per mode, the cheapest K whose PSNR is within --tol_psnr dB and LPIPS-alex within --tol_lpips of
 the largest K's, with its cost as a fraction of the largest K's and of the paper's 4 x 5000 + 5000 schedule.
@@ -157,7 +157,9 @@ def main(argv=None):
         runs += [(mode, [k] * args.steps, k, METHOD_FOLDER.format(mode=mode, k=k), k) for mode in args.modes]
     for text in args.schedules:
         ks, final_iters = parse_schedule(text, args.steps)
-        runs += [(mode, ks, final_iters, schedule_name(mode, ks, final_iters), None) for mode in args.modes]
+        # only 3DSR fits between steps: a baseline fits once, so a schedule is just its total
+        runs += [(mode, ks, final_iters, schedule_name(mode, ks, final_iters), None) for mode in args.modes
+                 if mode == "3dsr"]
     for mode, ks, final_iters, name, _ in runs:
         if sr_log(model, name) is None:
             resume = ["--resume"] if os.path.isdir(os.path.join(model, "sr", name)) else []
