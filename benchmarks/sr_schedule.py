@@ -129,6 +129,8 @@ def main(argv=None):
                    help="uniform fit iterations per step, one run each (none: only --schedules)")
     p.add_argument("--schedules", nargs="*", default=[],
                    help="per-step schedules to add, each 'K1,...,Ksteps[:final]' (sr_refine.py --iters_schedule)")
+    p.add_argument("--only_finished", action="store_true",
+                   help="tabulate the finished runs only and start none (a long run still under way elsewhere)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--modes", nargs="+", default=["3dsr", "per-view"], choices=["3dsr", "per-view"])
     p.add_argument("--sr_model", default="embedded-x4")
@@ -160,10 +162,15 @@ def main(argv=None):
         # only 3DSR fits between steps: a baseline fits once, so a schedule is just its total
         runs += [(mode, ks, final_iters, schedule_name(mode, ks, final_iters), None) for mode in args.modes
                  if mode == "3dsr"]
+    if args.only_finished:
+        skipped = [r[3] for r in runs if sr_log(model, r[3]) is None]
+        runs = [r for r in runs if r[3] not in skipped]
+        if skipped:
+            print(f"not finished, left out (--only_finished): {', '.join(skipped)}")
     for mode, ks, final_iters, name, _ in runs:
         if sr_log(model, name) is None:
             resume = ["--resume"] if os.path.isdir(os.path.join(model, "sr", name)) else []
-            per_step = (["--iters_per_step", str(ks[0])] if len(set(ks)) == 1
+            per_step = (["--iters_per_step", str(ks[0]), "--iters_schedule", "uniform"] if len(set(ks)) == 1
                         else ["--iters_schedule"] + [str(k) for k in ks])
             run(["sr_refine.py", "-m", model, "--iteration", it, "--mode", mode, "--name", name,
                  "--scale", str(args.scale), "--steps", str(args.steps)] + per_step +

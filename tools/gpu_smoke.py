@@ -293,7 +293,8 @@ class Smoke:
         for mode, name in (("3dsr", "sr"), ("per-view", "sr_per-view"), ("bicubic", "sr_bicubic")):
             run(f"sr_refine {mode}", "sr_refine.py",
                 ["-m", model, "--iteration", str(iters), "--mode", mode, "--name", name, "--sr_model", "embedded-x4",
-                 "--steps", str(steps), "--iters_per_step", str(per_step), "--backend", backend, "--seed", "0",
+                 "--steps", str(steps), "--iters_per_step", str(per_step), "--iters_schedule", "uniform",
+                 "--backend", backend, "--seed", "0",
                  "--overwrite", "--quiet"] + dev_flag)
             log = os.path.join(model, "sr", name, "log.json")
             with open(log) as f:
