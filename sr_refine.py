@@ -199,7 +199,8 @@ def main(argv=None):
                           final_iters=final_iters, lambda_lr=srp.lambda_lr, lambda_dssim=opt.lambda_dssim,
                           eta=srp.eta, seed=args.seed,
                           sr_model={"bicubic": "", "per-view-isr": srp.isr}.get(srp.mode, srp.sr_model),
-                          published_update=srp.published_update)
+                          published_update=srp.published_update, fit_stop_db=srp.fit_stop_db,
+                          fit_stop_window=srp.fit_stop_window)
     total = settings.total_iterations
     if opt.position_lr_max_steps < 0:
         opt.position_lr_max_steps = max(total, 1)

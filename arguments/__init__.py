@@ -182,6 +182,9 @@ class SRParams(ParamGroup):
         self.iters_schedule = ["ramp"]      # ramp: 0.1/0.25/0.65/1 x iters_per_step; uniform (the paper's 5000
                                             # per step); or one count per step (benchmarks/sr_schedule.py)
         self.final_iters = -1               # fit on the final images; -1 = the last step's iterations
+        self.fit_stop_db = 0.0              # end a fit early when its render/target agreement gains less than
+                                            # this (dB) over a window; 0 = off (training/fit_stop.py)
+        self.fit_stop_window = 100          # the stop rule's window (iterations, rounded up to whole epochs)
         self.lambda_lr = 1.0                # weight of the LR-consistency term
         self.eta = 0.0                      # DDIM eta: 0 deterministic, 1 DDPM-like
         self.published_update = False       # StableSR: the published 3DSR code's update (stale x_T, DDPM step)

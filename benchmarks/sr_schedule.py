@@ -51,6 +51,39 @@ def schedule_name(mode: str, ks, final_iters: int) -> str:
     return f"{mode}_s{'-'.join(str(k) for k in ks)}_f{final_iters}"
 
 
+def merge_recorded(rows, path, settings, scene):
+    """rows + the rows of an earlier result JSON that this run did not make. The earlier run must share the
+    scene and settings; a row made by both is compared, since the stage is deterministic on one machine."""
+    try:
+        with open(path) as f:
+            old = json.load(f)
+        old_rows, old_settings, old_scene = old["rows"], old["settings"], old["scene"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"sr_schedule: --recorded {path} is not a result of this benchmark ({exc})")
+    for key, value in settings.items():
+        if old_settings.get(key) != value:
+            raise SystemExit(f"sr_schedule: --recorded {path} has {key} {old_settings.get(key)!r}, this run {value!r}")
+    for key, value in scene.items():
+        if old_scene.get(key) != value:
+            raise SystemExit(f"sr_schedule: --recorded {path} has scene {key} {old_scene.get(key)!r}, this run {value!r}")
+    ours = {(r["mode"], r["label"]): r for r in rows}
+    merged = list(rows)
+    for r in old_rows:
+        mine = ours.get((r["mode"], r["label"]))
+        if mine is None:
+            merged.append({**r, "recorded": True})
+            continue
+        diff = {key: round(mine[key] - r[key], 4) for key in ("psnr", "lpips_alex", "mv_warp")}
+        mine["recorded_difference"] = diff
+        print(f"{r['mode']} {r['label']}: this run minus the recorded one: {diff}")
+    return merged
+
+
+def stop_name(name: str, db: float, window: int) -> str:
+    """Run folder of `name` with the stop rule: 3dsr_k1000 -> 3dsr_k1000_stop0.05 (_w<window> unless 100)."""
+    return f"{name}_stop{db:g}" + (f"_w{window}" if window != 100 else "")
+
+
 def run(cmd, quiet=False):
     """A project script with this interpreter, from the repository root; a failure stops the benchmark."""
     full = [sys.executable] + cmd
@@ -101,9 +134,9 @@ def plot(rows, path):
     for mode in sorted({r["mode"] for r in rows}):
         rs = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["total_iterations"])
         for ax, key, label in zip(axes, ("psnr", "lpips_alex", "mv_warp"), ("PSNR (dB)", "LPIPS-alex", "MV-warp")):
-            uniform = [r for r in rs if r.get("schedule") is None]
+            uniform = [r for r in rs if r.get("schedule") is None and not r.get("fit_stop_db")]
             ax.plot([r["total_iterations"] for r in uniform], [r[key] for r in uniform], "o-", label=mode)
-            for r in (r for r in rs if r.get("schedule") is not None):
+            for r in (r for r in rs if r.get("schedule") is not None or r.get("fit_stop_db")):
                 ax.plot([r["total_iterations"]], [r[key]], "*", markersize=11, label=f"{mode} {r['label']}")
             ax.set_xscale("log")
             ax.set_xlabel("HR fit iterations (steps x K + K)")
@@ -129,6 +162,14 @@ def main(argv=None):
                    help="uniform fit iterations per step, one run each (none: only --schedules)")
     p.add_argument("--schedules", nargs="*", default=[],
                    help="per-step schedules to add, each 'K1,...,Ksteps[:final]' (sr_refine.py --iters_schedule)")
+    p.add_argument("--fit_stop_db", type=float, nargs="*", default=[],
+                   help="for each value, every 3DSR run above again with sr_refine.py's stop rule at that gain "
+                        "(dB per --fit_stop_window iterations); such rows count the iterations actually run")
+    p.add_argument("--fit_stop_window", type=int, default=100)
+    p.add_argument("--recorded", default=None,
+                   help="a JSON this benchmark wrote before, on the same scene and settings: its rows join the table "
+                        "(marked recorded; a row run again here is checked against its record), so an expensive "
+                        "reference such as K=3000 need not be run again")
     p.add_argument("--only_finished", action="store_true",
                    help="tabulate the finished runs only and start none (a long run still under way elsewhere)")
     p.add_argument("--steps", type=int, default=4)
@@ -154,24 +195,28 @@ def main(argv=None):
              "--sh_increase_interval", str(max(1, args.train_iters // 4)), "--seed", str(args.seed),
              "--device", args.device, "--quiet"])
     hr_res = str(args.lr_res // args.scale)
-    runs = []  # (mode, per-step iterations, final iterations, folder name, uniform K or None)
+    runs = []  # (mode, per-step iterations, final iterations, folder name, uniform K or None, stop dB or 0)
     for k in args.ks:
-        runs += [(mode, [k] * args.steps, k, METHOD_FOLDER.format(mode=mode, k=k), k) for mode in args.modes]
+        runs += [(mode, [k] * args.steps, k, METHOD_FOLDER.format(mode=mode, k=k), k, 0.0) for mode in args.modes]
     for text in args.schedules:
         ks, final_iters = parse_schedule(text, args.steps)
         # only 3DSR fits between steps: a baseline fits once, so a schedule is just its total
-        runs += [(mode, ks, final_iters, schedule_name(mode, ks, final_iters), None) for mode in args.modes
+        runs += [(mode, ks, final_iters, schedule_name(mode, ks, final_iters), None, 0.0) for mode in args.modes
                  if mode == "3dsr"]
+    runs += [(mode, ks, final_iters, stop_name(name, db, args.fit_stop_window), k, db)
+             for db in args.fit_stop_db for mode, ks, final_iters, name, k, _ in list(runs) if mode == "3dsr"]
     if args.only_finished:
         skipped = [r[3] for r in runs if sr_log(model, r[3]) is None]
         runs = [r for r in runs if r[3] not in skipped]
         if skipped:
             print(f"not finished, left out (--only_finished): {', '.join(skipped)}")
-    for mode, ks, final_iters, name, _ in runs:
+    for mode, ks, final_iters, name, _, stop_db in runs:
         if sr_log(model, name) is None:
             resume = ["--resume"] if os.path.isdir(os.path.join(model, "sr", name)) else []
             per_step = (["--iters_per_step", str(ks[0]), "--iters_schedule", "uniform"] if len(set(ks)) == 1
                         else ["--iters_schedule"] + [str(k) for k in ks])
+            if stop_db:
+                per_step += ["--fit_stop_db", str(stop_db), "--fit_stop_window", str(args.fit_stop_window)]
             run(["sr_refine.py", "-m", model, "--iteration", it, "--mode", mode, "--name", name,
                  "--scale", str(args.scale), "--steps", str(args.steps)] + per_step +
                 ["--final_iters", str(final_iters), "--sr_model", args.sr_model, "--seed", str(args.seed),
@@ -186,21 +231,28 @@ def main(argv=None):
         results = json.load(f)
 
     rows = []
-    for mode, ks, final_iters, name, k in runs:
+    for mode, ks, final_iters, name, k, stop_db in runs:
         res, log = results[name], sr_log(model, name)
         label = f"K={k}" if k is not None else f"{'+'.join(str(x) for x in ks)}+{final_iters}"
+        planned = sum(ks) + final_iters
         rows.append({"mode": mode, "k": k, "schedule": None if k is not None else ks, "final_iters": final_iters,
-                     "label": label, "total_iterations": sum(ks) + final_iters,
+                     "label": label + (f" stop {stop_db:g} dB" if stop_db else ""), "fit_stop_db": stop_db or None,
+                     "planned_iterations": planned,
+                     # the stop rule's rows cost what they ran (log.json; older logs: as planned)
+                     "total_iterations": int(log.get("fit_iterations", planned)) if stop_db else planned,
                      "psnr": metric(res, "PSNR"), "lpips_alex": metric(res, "LPIPS-alex"),
                      "mv_warp": metric(res, "MV-warp"),
                      "seconds": round(float(log["total_seconds"]), 1)})
+    if args.recorded:
+        rows = merge_recorded(rows, args.recorded, {"steps": args.steps, "sr_model": args.sr_model, "seed": args.seed},
+                              {"lr_res": args.lr_res, "scale": args.scale, "train_iters": args.train_iters})
     chosen = {mode: choose([r for r in rows if r["mode"] == mode], args.tol_psnr, args.tol_lpips)
               for mode in args.modes}
 
-    print(f"\n{'mode':<9} {'schedule':>22} {'HR iters':>9} {'PSNR':>8} {'LPIPS-alex':>11} {'MV-warp':>8} {'seconds':>8}")
+    print(f"\n{'mode':<9} {'schedule':>30} {'HR iters':>9} {'PSNR':>8} {'LPIPS-alex':>11} {'MV-warp':>8} {'seconds':>8}")
     for r in rows:
-        print(f"{r['mode']:<9} {r['label']:>22} {r['total_iterations']:>9} {r['psnr']:>8.3f} {r['lpips_alex']:>11.4f} "
-              f"{r['mv_warp']:>8.4f} {r['seconds']:>8.1f}")
+        print(f"{r['mode']:<9} {r['label']:>30} {r['total_iterations']:>9} {r['psnr']:>8.3f} {r['lpips_alex']:>11.4f} "
+              f"{r['mv_warp']:>8.4f} {r['seconds']:>8.1f}" + ("  (recorded)" if r.get("recorded") else ""))
     for mode, c in chosen.items():
         print(f"{mode}: {c['label']} reaches {c['reference_label']} within {c['psnr_delta']:+.3f} dB / "
               f"{c['lpips_alex_delta']:+.4f} LPIPS-alex at {c['cost_vs_reference']:.3f}x its iterations "

@@ -531,3 +531,38 @@ def test_prior_v2_base_through_the_loop_and_resume(lr_model, one_thread, tmp_pat
     assert strip == expected
     with open(tmp_path / "k" / "point_cloud.ply", "rb") as a, open(tmp_path / "ref" / "point_cloud.ply", "rb") as b:
         assert a.read() == b.read()
+
+
+def test_stop_rule_ends_fits_early_and_keeps_the_global_numbering(lr_model, tiny_sr_folder, one_thread, tmp_path):
+    """--fit_stop_db: a fit of at least two windows stops after two when the gain is below the threshold
+    (100 dB: always); the next fit still starts where the schedule says; log.json counts what ran."""
+    from sr.loading import load_sr_model
+    from training.sr_loop import SRSettings
+    from utils.errors import ThreeDSRError
+
+    with pytest.raises(ThreeDSRError, match="fit_stop_db"):
+        SRSettings(fit_stop_db=-1.0)
+    settings = SRSettings(mode="3dsr", steps=2, iters_per_step=50, iters_schedule=[3, 10], final_iters=10,
+                          fit_stop_db=100.0, fit_stop_window=1)
+    assert "< 100 dB per 1 iterations" in settings.describe_iterations()
+    sr = load_sr_model(tiny_sr_folder, "cpu")
+    opt = fit_options(settings.total_iterations, densify=False)
+    refiner = make_refiner(lr_model, str(tmp_path / "s"), settings, sr, opt, densify=False, views=2)
+    calls, fit = [], refiner.fit
+    refiner.fit = lambda targets, first, last, desc: calls.append((first, last)) or fit(targets, first, last, desc)
+    log = refiner.run()
+    assert calls == [(1, 3), (4, 13), (14, 23)]  # planned ranges: a stopped fit does not shift the next one
+    entries = log["steps"] + [log["final"]]
+    # window = 2 views: the 3-iteration fit never completes two windows; the others stop after 4
+    assert [e["fit_iterations"] for e in entries] == [3, 4, 4]
+    assert [e["fit_stopped_early"] for e in entries] == [False, True, True]
+    assert [len(e["fit_agreement_db"]) for e in entries] == [1, 2, 2]  # completed windows
+    assert log["fit_iterations"] == 11 and log["complete"]
+    # the rule is part of the run's settings: a checkpoint does not resume without it
+    off = SRSettings(mode="3dsr", steps=2, iters_per_step=50, iters_schedule=[3, 10], final_iters=10)
+    with pytest.raises(ThreeDSRError, match="fit_stop_db"):
+        make_refiner(lr_model, str(tmp_path / "s"), off, sr, opt, densify=False, views=2).run(resume=True)
+    # off: every fit runs its planned count
+    log = make_refiner(lr_model, str(tmp_path / "o"), off, sr, opt, densify=False, views=2).run()
+    assert [e["fit_iterations"] for e in log["steps"] + [log["final"]]] == [3, 10, 10]
+    assert not any(e["fit_stopped_early"] for e in log["steps"] + [log["final"]])

@@ -48,3 +48,26 @@ def test_schedules_parse_and_compete_with_uniform_k():
     c = choose(rows, tol_psnr=0.1, tol_lpips=0.005)
     assert c["label"] == "100+200+500+1200+1000" and c["total_iterations"] == 3000 and c["reference_label"] == "K=3000"
     assert c["cost_vs_paper"] == pytest.approx(3000 / PAPER_ITERATIONS)
+
+
+def test_stop_rows_are_named_apart_and_recorded_rows_merge(tmp_path):
+    import json
+    from sr_schedule import merge_recorded, stop_name
+    assert stop_name("3dsr_k1000", 0.05, 100) == "3dsr_k1000_stop0.05"
+    assert stop_name("3dsr_k1000", 0.05, 224) == "3dsr_k1000_stop0.05_w224"
+    settings, scene = {"steps": 4, "sr_model": "embedded-x4", "seed": 0}, {"lr_res": 8, "scale": 4, "train_iters": 1500}
+    old = [{**_row(100, 25.6, 0.387, 300.0), "label": "K=100"}, {**_row(3000, 24.6, 0.364, 7900.0), "label": "K=3000"}]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"rows": old, "settings": settings, "scene": scene}))
+    new = [{**_row(100, 25.65, 0.386, 310.0), "label": "K=100"}]
+    merged = merge_recorded(new, str(path), settings, scene)
+    # the row run again stays this run's, with its difference from the record; the other joins as recorded
+    assert [(r["label"], r.get("recorded", False)) for r in merged] == [("K=100", False), ("K=3000", True)]
+    assert merged[0]["recorded_difference"] == {"psnr": 0.05, "lpips_alex": -0.001, "mv_warp": 0.0}
+    assert choose(merged, 0.1, 0.005)["reference_k"] == 3000
+    with pytest.raises(SystemExit, match="seed"):
+        merge_recorded(new, str(path), {**settings, "seed": 1}, scene)
+    with pytest.raises(SystemExit, match="lr_res"):
+        merge_recorded(new, str(path), settings, {**scene, "lr_res": 4})
+    with pytest.raises(SystemExit, match="not a result"):
+        merge_recorded(new, str(tmp_path / "missing.json"), settings, scene)

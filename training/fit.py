@@ -22,6 +22,14 @@ class FitResult:
     seconds: float
     test_log: list = field(default_factory=list)  # [{"iteration", "split", "psnr", "l1", "num_gaussians"}]
     loss: Optional[float] = None  # running (EMA) training loss at the last iteration
+    stopped_early: bool = False  # the stop rule ended the fit before last_iter
+    agreement_db: list = field(default_factory=list)  # the stop rule's per-window agreement (dB)
+    first_iteration: int = 1
+
+    @property
+    def iterations(self) -> int:
+        """Iterations this fit ran."""
+        return self.last_iteration - self.first_iteration + 1
 
 
 def photometric_target_loss(lambda_dssim: float):
@@ -90,7 +98,8 @@ def fit_gaussians(gaussians, cameras: Sequence, opt, pipe, background, *, kernel
                   test_cameras=(), test_iterations=(), on_save: Optional[Callable] = None,
                   save_iterations=(), checkpoint_dir: Optional[str] = None, checkpoint_iterations=(),
                   grow_sh: bool = True, desc: str = "Training", progress: bool = True,
-                  resume_state: Optional[dict] = None, final_iteration: Optional[int] = None) -> FitResult:
+                  resume_state: Optional[dict] = None, final_iteration: Optional[int] = None,
+                  stop_rule=None) -> FitResult:
     """Optimise `gaussians` for iterations first_iter..last_iter (inclusive, global numbering so
     learning-rate schedules and densification windows continue across calls).
 
@@ -106,6 +115,8 @@ def fit_gaussians(gaussians, cameras: Sequence, opt, pipe, background, *, kernel
         iteration takes no optimizer step, and the periodic 3D-filter update stops one interval before
         it. None (default: a fit that is one chunk of a longer schedule) = every iteration steps and
         the filter stops one interval before `last_iter`.
+    stop_rule: an object whose update(render, camera.image) -> bool is fed every iteration after its
+        optimizer step (training.fit_stop.AgreementStop); True ends the fit there (result.stopped_early).
 
     Per iteration, in the order of Inria 3DGS / Mip-Splatting train.py: render, loss, backward; test
     evaluation and save (so a saved model never holds freshly densified or opacity-reset Gaussians);
@@ -119,7 +130,7 @@ def fit_gaussians(gaussians, cameras: Sequence, opt, pipe, background, *, kernel
         gaussians.training_setup(opt)
     if resume_state is None:
         gaussians.compute_3D_filter(filter_cameras)  # a checkpoint carries its own filter
-    result = FitResult(last_iteration=first_iter - 1, seconds=0.0)
+    result = FitResult(last_iteration=first_iter - 1, seconds=0.0, first_iteration=first_iter)
     start = time.time()
     order: list = list((resume_state or {}).get("view_order", []))
     ema_loss, ema_psnr = None, None
@@ -175,7 +186,14 @@ def fit_gaussians(gaussians, cameras: Sequence, opt, pipe, background, *, kernel
                 save_checkpoint(os.path.join(checkpoint_dir, f"chkpnt{iteration}.pth"), gaussians, iteration,
                                 strategy, extra={"view_order": list(order)})
         result.last_iteration = iteration
+        if stop_rule is not None and stop_rule.update(pkg["render"], cam.image):
+            result.stopped_early = True
+            bar.write(f"{desc}: stopped at iteration {iteration} of {last_iter} (render/target agreement "
+                      f"+{stop_rule.last_gain_db:.3f} dB over the last {stop_rule.window} iterations)")
+            break
     bar.close()
+    if stop_rule is not None:
+        result.agreement_db = [round(a, 4) for a in stop_rule.agreement]
     result.loss = None if ema_loss is None else float(ema_loss)
     result.seconds = time.time() - start
     return result

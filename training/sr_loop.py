@@ -42,6 +42,7 @@ from tqdm import tqdm
 from gaussian_renderer import render
 from sr.latents import ViewLatents
 from training.fit import evaluate, fit_gaussians, rng_state, set_rng_state
+from training.fit_stop import AgreementStop
 from utils.device import release_cached_memory
 from utils.errors import ModelNotFoundError, ThreeDSRError
 from utils.image_utils import area_downsample, psnr, save_image
@@ -77,6 +78,11 @@ class SRSettings:
     sr_options: dict = field(default_factory=dict)  # the SR adapter's options that change its outputs
     # fit iterations of each denoising step (one per step); empty: iters_per_step at every step
     iters_schedule: List[int] = field(default_factory=list)
+    # the stop rule (training/fit_stop.py): a fit ends when its render/target agreement gains less than
+    # fit_stop_db per fit_stop_window iterations; 0 = off. A stopped fit leaves the global numbering alone:
+    # the next fit starts where the schedule says, so learning rates and densification stay on schedule
+    fit_stop_db: float = 0.0
+    fit_stop_window: int = 100
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -94,6 +100,9 @@ class SRSettings:
             raise ThreeDSRError(f"--iters_schedule must not hold negative counts, got {self.iters_schedule}")
         if self.iters_schedule == [int(self.iters_per_step)] * int(self.steps):
             self.iters_schedule = []  # uniform has one form, so checkpoints from before the flag resume
+        if self.fit_stop_db < 0 or int(self.fit_stop_window) < 1:
+            raise ThreeDSRError(f"--fit_stop_db must be >= 0 (0 = off) and --fit_stop_window >= 1, got "
+                                f"{self.fit_stop_db} and {self.fit_stop_window}")
         if not 0.0 <= self.eta <= 1.0:
             raise ThreeDSRError(f"--eta must be in [0, 1], got {self.eta}")
         if self.published_update and (self.mode != "3dsr" or self.eta != 0.0):
@@ -115,7 +124,11 @@ class SRSettings:
     def describe_iterations(self) -> str:
         per_step = ("+".join(str(k) for k in self.iters_schedule) if self.iters_schedule
                     else f"{self.steps} x {self.iters_per_step}")
-        return f"{self.steps} steps ({per_step}) + {self.final_iters} final fit iterations"
+        text = f"{self.steps} steps ({per_step}) + {self.final_iters} final fit iterations"
+        if self.fit_stop_db > 0:
+            text += (f", each fit stopping early once its render/target agreement gains < {self.fit_stop_db:g} dB "
+                     f"per {self.fit_stop_window} iterations")
+        return text
 
     @property
     def uses_diffusion(self) -> bool:
@@ -278,7 +291,11 @@ class SRRefiner:
                              kernel_size=self.kernel_size, first_iter=first, last_iter=last,
                              scene_extent=self.scene_extent, loss_fn=self.loss_fn, strategy=self.strategy,
                              filter_cameras=self.hr_cameras, grow_sh=False, desc=desc, progress=self.progress,
-                             final_iteration=self.settings.total_iterations)
+                             final_iteration=self.settings.total_iterations, stop_rule=self._stop_rule())
+
+    def _stop_rule(self) -> Optional[AgreementStop]:
+        st = self.settings
+        return AgreementStop(len(self.hr_cameras), st.fit_stop_db, st.fit_stop_window) if st.fit_stop_db > 0 else None
 
     @torch.no_grad()
     def render_all(self) -> torch.Tensor:
@@ -300,6 +317,10 @@ class SRRefiner:
         s = self.settings.scale
         entry = {"step": step, "timestep": t, "t_prev": t_prev,
                  "fit_loss": None if fit_result is None or fit_result.loss is None else round(fit_result.loss, 6),
+                 "fit_iterations": 0 if fit_result is None else fit_result.iterations,
+                 "fit_stopped_early": fit_result is not None and fit_result.stopped_early,
+                 "fit_agreement_db": None if fit_result is None or not self.settings.fit_stop_db
+                 else fit_result.agreement_db,
                  "psnr_render_vs_decoded": None, "psnr_lr_consistency": None, "psnr_hr_test": None}
         if renders is not None:
             if decoded is not None:
@@ -330,7 +351,9 @@ class SRRefiner:
                    "sr_model": self.settings.sr_model or None,
                    "settings": dataclasses.asdict(self.settings), "views": len(self.names),
                    "hr_size": [self.hr_cameras[0].width, self.hr_cameras[0].height],
-                   "steps": steps, "final": final, "total_seconds": round(total_seconds, 2), "complete": complete}
+                   "steps": steps, "final": final, "total_seconds": round(total_seconds, 2),
+                   "fit_iterations": sum(int(e.get("fit_iterations") or 0) for e in self.log),  # run, not planned
+                   "complete": complete}
         os.makedirs(self.run_dir, exist_ok=True)
         with atomic_write(os.path.join(self.run_dir, "log.json"), "w") as f:
             json.dump(payload, f, indent=2)
@@ -513,6 +536,9 @@ def describe_log(log: dict) -> str:
     lines = []
     for e in log["steps"] + ([log["final"]] if log.get("final") else []):
         parts = [f"step {e['step']}" + (f" t={e['timestep']}" if e.get("timestep") is not None else "")]
+        if e.get("fit_iterations"):
+            parts.append(f"{e['fit_iterations']} fit iterations" + (" (stopped early)" if e.get("fit_stopped_early")
+                                                                    else ""))
         for key, label in (("fit_loss", "loss"), ("psnr_render_vs_decoded", "PSNR render/decoded"),
                            ("psnr_lr_consistency", "LR-consistency PSNR"), ("psnr_hr_test", "HR test PSNR")):
             if e.get(key) is not None:
