@@ -189,7 +189,7 @@ def fit_gaussians(gaussians, cameras: Sequence, opt, pipe, background, *, kernel
         if stop_rule is not None and stop_rule.update(pkg["render"], cam.image):
             result.stopped_early = True
             bar.write(f"{desc}: stopped at iteration {iteration} of {last_iter} (render/target agreement "
-                      f"+{stop_rule.last_gain_db:.3f} dB over the last {stop_rule.window} iterations)")
+                      f"{stop_rule.last_gain_db:+.3f} dB over the last {stop_rule.window} iterations)")
             break
     bar.close()
     if stop_rule is not None:
