@@ -60,12 +60,10 @@ def merge_recorded(rows, path, settings, scene):
         old_rows, old_settings, old_scene = old["rows"], old["settings"], old["scene"]
     except (OSError, ValueError, KeyError) as exc:
         raise SystemExit(f"sr_schedule: --recorded {path} is not a result of this benchmark ({exc})")
-    for key, value in settings.items():
-        if old_settings.get(key) != value:
-            raise SystemExit(f"sr_schedule: --recorded {path} has {key} {old_settings.get(key)!r}, this run {value!r}")
-    for key, value in scene.items():
-        if old_scene.get(key) != value:
-            raise SystemExit(f"sr_schedule: --recorded {path} has scene {key} {old_scene.get(key)!r}, this run {value!r}")
+    for what, ours, theirs in (("", settings, old_settings), ("scene ", scene, old_scene)):
+        for key, value in ours.items():
+            if theirs.get(key) != value:
+                raise SystemExit(f"sr_schedule: --recorded {path} has {what}{key} {theirs.get(key)!r}, this run {value!r}")
     ours = {(r["mode"], r["label"]): r for r in rows}
     merged = list(rows)
     for r in old_rows:

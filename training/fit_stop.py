@@ -11,6 +11,8 @@ from typing import List, Optional
 
 import torch
 
+from utils.image_utils import mse
+
 
 def window_iterations(num_views: int, min_iterations: int) -> int:
     """The window: the fewest whole epochs (num_views iterations each) that reach min_iterations."""
@@ -37,8 +39,8 @@ class AgreementStop:
 
     def update(self, render: torch.Tensor, target: torch.Tensor) -> bool:
         with torch.no_grad():
-            mse = (render.detach().clamp(0, 1) - target.to(render.device)).square().mean()
-        self._sum = mse if self._sum is None else self._sum + mse
+            err = mse(render.detach().clamp(0, 1), target.to(render.device))
+        self._sum = err if self._sum is None else self._sum + err
         self._count += 1
         if self._count < self.window:
             return False
